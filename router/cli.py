@@ -1,0 +1,215 @@
+"""`slm-router` command line: route, explain, demo, policy validation and head training."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from policies import PolicyError, load_policy  # noqa: E402
+from router.errors import SlmRouterError  # noqa: E402
+
+app = typer.Typer(help="Route each request to the cheapest model that can answer it well.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the small heads shipped with slm-router.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(train_app, name="train")
+
+console = Console()
+err = Console(stderr=True)
+
+PolicyOpt = Annotated[Path | None, typer.Option("--policy", "-p", help="Policy YAML (default: packaged preset).")]
+
+DEMO_MESSAGES = [
+    ("English complaint", "I am really angry, my package arrived broken and nobody answers my emails!"),
+    ("Portuguese message", "Olá, o meu pedido ainda não chegou. Podem verificar, por favor?"),
+    ("order, email, amount", "Order #A12345 was charged $49.99 twice, please refund me at jane.doe@example.com"),
+    ("translate request", "Translate to Portuguese: your refund has been approved"),
+    ("ambiguous question", "I have a problem with my last purchase"),
+    ("off-topic question", "What is the best way to grow tomatoes on a balcony?"),
+    ("German (no local model)", "Ich möchte meine Bestellung stornieren, bitte."),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _router(policy: Path | None):  # type: ignore[no-untyped-def]
+    from router.api import Router
+
+    try:
+        return Router.from_policy(policy)
+    except (PolicyError, SlmRouterError) as exc:
+        _fail(str(exc))
+
+
+def _result_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _result_rows(result) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    spec = "-" if result.specialist_confidence is None else f"{result.specialist_confidence:.2f}"
+    escalated = "[yellow]yes[/]" if result.escalated else "no"
+    return [
+        ("route", f"{result.route} ({result.action}, answered by {result.answered_by})"),
+        ("output", result.output or "-"),
+        ("confidence", f"router {result.confidence:.2f}, specialist {spec}"),
+        ("escalated", escalated + ("  [red](degraded)[/]" if result.degraded else "")),
+        ("reason", result.reason),
+        ("language", result.language),
+        ("latency", " ".join(f"{s.node}={s.ms:.0f}ms" for s in result.trace) + f"  total={result.total_ms:.0f}ms"),
+    ]
+
+
+def _read_text(text: str) -> str:
+    if text != "-":
+        return text
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _fail(f"stdin is not valid UTF-8: {exc.reason} at byte {exc.start}")
+        raise
+
+
+@app.command()
+def route(
+    text: Annotated[str, typer.Argument(help="Text to route; '-' reads stdin.")],
+    policy: PolicyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the RouteResult as JSON.")] = False,
+    force: Annotated[str | None, typer.Option("--route", help="Force a route.")] = None,
+) -> None:
+    """Route one message and show who answered, how sure it was and why."""
+    router = _router(policy)
+    try:
+        result = router.invoke({"text": _read_text(text), "route": force})
+    except SlmRouterError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        console.print(_result_table(text[:80], _result_rows(result)))
+
+
+@app.command()
+def explain(
+    text: Annotated[str, typer.Argument(help="Text to explain; '-' reads stdin.")],
+    policy: PolicyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Scores per route, the nearest examples, and the decision with its reason (no agent is called)."""
+    router = _router(policy)
+    try:
+        exp = router.explain(_read_text(text))
+    except SlmRouterError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    if as_json:
+        print(exp.model_dump_json(indent=2))
+        return
+    scores = Table(title=f"routes for: {exp.text[:70]}", title_justify="left")
+    for col in ("route", "similarity", "confidence", "threshold"):
+        scores.add_column(col, justify="right" if col != "route" else "left")
+    for name, prob in sorted(exp.scores.probabilities.items(), key=lambda kv: -kv[1]):
+        mark = " ◀" if name == exp.scores.top else ""
+        scores.add_row(name + mark, f"{exp.scores.similarities[name]:.3f}", f"{prob:.3f}",
+                       f"{router.policy.threshold(name):.2f}")
+    console.print(scores)
+    near = Table(title="nearest examples", title_justify="left")
+    near.add_column("route")
+    near.add_column("similarity", justify="right")
+    near.add_column("example", overflow="fold")
+    for n in exp.nearest:
+        near.add_row(n.route, f"{n.similarity:.3f}", n.text)
+    console.print(near)
+    cal = exp.calibration
+    console.print(f"language: {exp.language}   margin: {exp.scores.margin:.3f}   "
+                  f"max similarity: {exp.scores.max_similarity:.3f} (OOD below {router.policy.router.ood_threshold})")
+    console.print(f"calibration: temperature {cal.temperature:.4f}, leave-one-out accuracy {cal.loo_accuracy:.3f}, "
+                  f"ECE {cal.ece:.3f} on {cal.examples} examples")
+    console.print(f"[bold]decision:[/] {exp.decision} -> {exp.route}   [bold]because[/] {exp.reason}")
+
+
+@app.command()
+def demo(policy: PolicyOpt = None) -> None:
+    """Route built-in support messages through the real models, fallback included."""
+    start = time.perf_counter()
+    with console.status("loading models (embedder, spaCy, translation, llama.cpp)..."):
+        router = _router(policy)
+        router.warmup()
+    console.print(f"[dim]models loaded in {time.perf_counter() - start:.1f} s[/]")
+    for label, message in DEMO_MESSAGES:
+        try:
+            result = router.invoke(message)
+        except SlmRouterError as exc:
+            console.print(f"[red]{label}: {type(exc).__name__}: {exc}[/]")
+            continue
+        console.print(_result_table(f"{label}: {message}", _result_rows(result)))
+
+
+@policy_app.command("validate")
+def policy_validate(file: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
+    """Check a policy file; prints one line per problem, naming the field."""
+    from router.routes import load_utterances
+
+    try:
+        policy = load_policy(file)
+        counts = {name: len(texts) for name, texts in load_utterances(policy).items()}
+    except PolicyError as exc:
+        _fail(str(exc), code=1)
+    console.print(f"[green]ok[/] {file}: " + ", ".join(f"{k} ({v} examples)" for k, v in counts.items()))
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the policy JSON schema (for editors and CI checks)."""
+    from policies import Policy
+
+    print(json.dumps(Policy.model_json_schema(), indent=2))
+
+
+@train_app.command("sentiment")
+def train_sentiment(
+    data: Annotated[Path, typer.Argument(help="JSONL with `text` and `label` (negative/neutral/positive).")],
+    out: Annotated[Path, typer.Option(help="Where to write the head (.npz).")] = Path("agents/weights/sentiment_head.npz"),
+    policy: PolicyOpt = None,
+) -> None:
+    """Train the sentiment head on the router's embedding; reports accuracy on a held-out 10%."""
+    from router.embedder import Embedder
+    from router.training import train_sentiment_head
+
+    if not data.is_file():
+        _fail(f"data file not found: {data}")
+    conf = load_policy(policy)
+    embedder = Embedder(conf.resolve(conf.router.embedder) if conf.router.embedder else None)
+    try:
+        report = train_sentiment_head(data, out, embedder)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"[green]wrote[/] {out}")
+    print(report.model_dump_json(indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

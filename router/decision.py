@@ -1,0 +1,75 @@
+"""The routing decision as a pure function of (scores, policy), so every boundary is unit-testable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from policies import Policy
+from router.errors import UnknownRouteError
+from router.routes import RouteScores
+
+Action = Literal["specialist", "fallback", "reject"]
+
+
+class Decision(BaseModel):
+    action: Action
+    route: str
+    reason: str
+
+
+def decide(scores: RouteScores, policy: Policy, language: str | None = None,
+           language_confidence: float = 0.0, forced_route: str | None = None) -> Decision:
+    """Pick the specialist, the fallback or a rejection, and say why in words."""
+    if forced_route is not None:
+        if forced_route not in policy.routes:
+            raise UnknownRouteError(f"unknown route {forced_route!r}; routes are {sorted(policy.routes)}")
+        return _serve(forced_route, policy, f"route {forced_route} was requested explicitly")
+
+    langs = policy.languages
+    if (langs.non_native_route and language and language not in langs.native
+            and language_confidence >= langs.min_detection_confidence):
+        return _serve(langs.non_native_route, policy,
+                      f"language {language} ({language_confidence:.4g}) is not in {langs.native}")
+
+    if scores.ood:
+        return _serve(policy.router.ood_route, policy,
+                      f"out of distribution: best similarity {scores.max_similarity:.4g} "
+                      f"< {policy.router.ood_threshold:.4g}")
+
+    route = scores.top
+    threshold = policy.threshold(route)
+    if scores.confidence < threshold:
+        return _escalate(route, policy, f"confidence {scores.confidence:.4g} < threshold {threshold:.4g} "
+                                        f"for route {route}")
+    margin = policy.margin(route)
+    if scores.margin < margin:
+        return _escalate(route, policy, f"margin {scores.margin:.4g} < {margin:.4g} between {route} "
+                                        f"and {scores.runner_up}")
+    return _serve(route, policy, f"confidence {scores.confidence:.4g} >= threshold {threshold:.4g} "
+                                 f"for route {route}")
+
+
+def _serve(route: str, policy: Policy, why: str) -> Decision:
+    if policy.routes[route].agent is None:
+        return _escalate(route, policy, f"{why}; route {route} is served by the fallback")
+    return Decision(action="specialist", route=route, reason=why)
+
+
+def _escalate(route: str, policy: Policy, why: str) -> Decision:
+    if not policy.fallback.enabled:
+        return Decision(action="reject", route=route, reason=f"{why}; fallback disabled")
+    return Decision(action="fallback", route=route, reason=why)
+
+
+def check_specialist(confidence: float, supported: bool, note: str | None, route: str,
+                     policy: Policy) -> str | None:
+    """After the specialist: the reason to escalate its answer, or None to keep it."""
+    if not supported:
+        return f"specialist cannot serve this request: {note or 'unsupported'}"
+    minimum = policy.routes[route].min_confidence
+    if minimum is not None and confidence < minimum:
+        extra = f" ({note})" if note else ""
+        return f"specialist confidence {confidence:.4g} < {minimum:.4g} for route {route}{extra}"
+    return None

