@@ -280,7 +280,9 @@ class Seq2SeqBackend:
                                  output_scores=True, return_dict_in_generate=True)
             steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         generated = out.sequences[:, -steps.shape[1]:]
-        eos = generated == model.generation_config.eos_token_id
+        eos_ids = model.generation_config.eos_token_id
+        eos = torch.isin(generated, torch.tensor(eos_ids if isinstance(eos_ids, list) else [eos_ids],
+                                                 device=generated.device))
         valid = (eos.long().cumsum(dim=1) - eos.long()) == 0  # up to and including the first EOS
         mean_logprob = torch.where(valid, steps, 0.0).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
         decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)

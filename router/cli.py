@@ -185,22 +185,31 @@ def policy_schema() -> None:
     print(json.dumps(Policy.model_json_schema(), indent=2))
 
 
+SUPPORT_SENTIMENT = Path(__file__).resolve().parents[1] / "agents" / "data" / "support_sentiment.jsonl"
+
+
 @train_app.command("sentiment")
 def train_sentiment(
     data: Annotated[Path, typer.Argument(help="JSONL with `text` and `label` (negative/neutral/positive).")],
+    extra: Annotated[list[Path] | None, typer.Option(help="More labelled JSONL (default: the packaged "
+                                                          "support-domain set).")] = None,
+    extra_weight: Annotated[float, typer.Option(help="Row weight of --extra data vs DATA.")] = 5.0,
     out: Annotated[Path, typer.Option(help="Where to write the head (.npz).")] = Path("agents/weights/sentiment_head.npz"),
     policy: PolicyOpt = None,
 ) -> None:
-    """Train the sentiment head on the router's embedding; reports accuracy on a held-out 10%."""
+    """Train the sentiment head on the router's embedding; reports held-out scores per data file."""
     from router.embedder import Embedder
     from router.training import train_sentiment_head
 
-    if not data.is_file():
-        _fail(f"data file not found: {data}")
+    files = [SUPPORT_SENTIMENT] if extra is None else extra
+    for path in [data, *files]:
+        if not path.is_file():
+            _fail(f"data file not found: {path}")
+    sources = {data.stem: (data, 1.0)} | {p.stem: (p, extra_weight) for p in files}
     conf = load_policy(policy)
     embedder = Embedder(conf.resolve(conf.router.embedder) if conf.router.embedder else None)
     try:
-        report = train_sentiment_head(data, out, embedder)
+        report = train_sentiment_head(sources, out, embedder)
     except ValueError as exc:
         _fail(str(exc))
     console.print(f"[green]wrote[/] {out}")

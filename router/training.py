@@ -18,15 +18,21 @@ from router.calibration import expected_calibration_error, fit_temperature
 from router.embedder import Embedder
 
 
+class SplitScore(BaseModel):
+    rows: int
+    accuracy: float
+    macro_f1: float
+    ece: float
+    per_class_f1: dict[str, float]
+
+
 class HeadReport(BaseModel):
+    """Held-out scores per data source: a domain set can be small and must not hide behind the big one."""
+
     train: int
     calibration: int
-    test: int
     temperature: float
-    test_accuracy: float
-    test_macro_f1: float
-    test_ece: float
-    per_class_f1: dict[str, float]
+    test: dict[str, SplitScore]
 
 
 def split_of(text: str) -> str:
@@ -48,7 +54,8 @@ def read_labelled(path: Path, text_key: str = "text", label_key: str = "label") 
     return rows
 
 
-def fit_head(vectors: np.ndarray, labels: list[str], l2: float = 1e-4, max_iter: int = 200) -> SentimentHead:
+def fit_head(vectors: np.ndarray, labels: list[str], sample_weight: np.ndarray | None = None, l2: float = 1e-4,
+             max_iter: int = 200) -> SentimentHead:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (torch is here for the encoder).
 
     Balanced weights keep the minority `neutral` class from vanishing (unweighted, its F1 was 0.0).
@@ -59,14 +66,18 @@ def fit_head(vectors: np.ndarray, labels: list[str], l2: float = 1e-4, max_iter:
     y = torch.tensor([classes.index(label) for label in labels])
     x = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
     counts = torch.bincount(y, minlength=len(classes)).float()
-    weight = counts.sum() / (len(classes) * counts)
+    class_weight = counts.sum() / (len(classes) * counts)
+    rows = torch.ones(len(labels)) if sample_weight is None else torch.from_numpy(sample_weight).float()
+    rows = rows * class_weight[y]
+    rows = rows / rows.mean()
     torch.manual_seed(0)
     linear = torch.nn.Linear(x.shape[1], len(classes))
     optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(x), y, weight=weight) + l2 * linear.weight.pow(2).sum()
+        per_row = torch.nn.functional.cross_entropy(linear(x), y, reduction="none")
+        loss = (per_row * rows).mean() + l2 * linear.weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -85,27 +96,40 @@ def macro_f1(gold: list[str], pred: list[str], classes: list[str]) -> dict[str, 
     return scores
 
 
-def train_sentiment_head(data: Path, out: Path, embedder: Embedder, show_progress: bool = True) -> HeadReport:
-    rows = read_labelled(data)
-    splits: dict[str, list[tuple[str, str]]] = {"train": [], "calibration": [], "test": []}
-    for text, label in rows:
-        splits[split_of(text)].append((text, label))
-    vectors = {name: embedder.encode([t for t, _ in part], show_progress=show_progress)
-               for name, part in splits.items()}
-    labels = {name: [lab for _, lab in part] for name, part in splits.items()}
-
-    head = fit_head(vectors["train"], labels["train"])
-    cal_logits = vectors["calibration"] @ head.weights.T + head.bias
-    head.temperature = fit_temperature(cal_logits, np.array([head.labels.index(x) for x in labels["calibration"]]))
-    head.save(out)
-
-    probs = head.probabilities(vectors["test"])
+def _score(head: SentimentHead, vectors: np.ndarray, gold: list[str]) -> SplitScore:
+    probs = head.probabilities(vectors)
     pred = [head.labels[i] for i in probs.argmax(axis=1)]
-    correct = np.array([p == g for p, g in zip(pred, labels["test"], strict=True)], dtype=float)
-    f1 = macro_f1(labels["test"], pred, head.labels)
-    return HeadReport(
-        train=len(splits["train"]), calibration=len(splits["calibration"]), test=len(splits["test"]),
-        temperature=head.temperature, test_accuracy=float(correct.mean()),
-        test_macro_f1=float(np.mean(list(f1.values()))), test_ece=expected_calibration_error(probs.max(axis=1), correct),
-        per_class_f1={k: round(v, 4) for k, v in f1.items()},
-    )
+    correct = np.array([p == g for p, g in zip(pred, gold, strict=True)], dtype=float)
+    f1 = macro_f1(gold, pred, head.labels)
+    return SplitScore(rows=len(gold), accuracy=round(float(correct.mean()), 4),
+                      macro_f1=round(float(np.mean(list(f1.values()))), 4),
+                      ece=round(expected_calibration_error(probs.max(axis=1), correct), 4),
+                      per_class_f1={k: round(v, 4) for k, v in f1.items()})
+
+
+def train_sentiment_head(sources: dict[str, tuple[Path, float]], out: Path, embedder: Embedder,
+                         show_progress: bool = True) -> HeadReport:
+    """sources: name -> (JSONL file, row weight). Each source is split 80/10/10 by text hash."""
+    parts: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for name, (path, _) in sources.items():
+        parts[name] = {"train": [], "calibration": [], "test": []}
+        for text, label in read_labelled(path):
+            parts[name][split_of(text)].append((text, label))
+
+    def stacked(split: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        rows = [(row, sources[name][1]) for name in sources for row in parts[name][split]]
+        vectors = embedder.encode([text for (text, _), _ in rows], show_progress=show_progress)
+        return vectors, [label for (_, label), _ in rows], np.array([w for _, w in rows], dtype=np.float32)
+
+    x_train, y_train, w_train = stacked("train")
+    head = fit_head(x_train, y_train, w_train)
+    x_cal, y_cal, _ = stacked("calibration")
+    head.temperature = fit_temperature(x_cal @ head.weights.T + head.bias,
+                                       np.array([head.labels.index(y) for y in y_cal]))
+    head.save(out)
+    tests = {}
+    for name in sources:
+        texts = parts[name]["test"]
+        tests[name] = _score(head, embedder.encode([t for t, _ in texts]), [lab for _, lab in texts])
+    return HeadReport(train=len(y_train), calibration=len(y_cal), temperature=round(head.temperature, 4),
+                      test=tests)

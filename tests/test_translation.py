@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.base import AgentError, AgentInput, AgentResult, TranslationOutput
+from agents.base import Agent, AgentError, AgentInput, AgentResult, TranslationOutput
 from agents.translation import (
     FastTranslateBackend,
     Seq2SeqBackend,
@@ -164,7 +164,8 @@ def test_predict_batch_groups_by_pair() -> None:
     assert sources == [texts[0], "good morning", texts[2], "good morning", "thank you very much"]
 
 
-def test_backends_satisfy_protocol() -> None:
+def test_satisfies_protocols(agent: TranslationAgent) -> None:
+    assert isinstance(agent, Agent)
     assert isinstance(FastTranslateBackend(), TranslationBackend)
 
 
