@@ -1,0 +1,60 @@
+"""The installed `slm-router` command: JSON that validates, readable tables, clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from router.cli import app
+from router.result import RouteResult
+
+BIN = Path(sys.executable).with_name("slm-router")
+
+
+def _run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(BIN), *args], input=stdin, capture_output=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_route_json_validates_against_schema() -> None:
+    proc = _run("route", "--json", "Order #A12345 was charged $49.99 twice, email me at jane.doe@example.com")
+    assert proc.returncode == 0, proc.stderr.decode()
+    payload = json.loads(proc.stdout)
+    jsonschema.validate(payload, RouteResult.model_json_schema())
+    assert payload["route"] == "extract" and payload["escalated"] is False
+
+
+def test_invalid_utf8_on_stdin_is_a_clean_error() -> None:
+    proc = _run("route", "-", stdin=b"caf\xe9 \xff\xfe")
+    assert proc.returncode == 2
+    assert b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["route", "   "], "EmptyInputError"),
+    (["route", "--route", "refunds", "hello there"], "unknown route 'refunds'"),
+    (["route", "--policy", "missing.yaml", "hello"], "file not found"),
+])
+def test_errors_are_messages_not_tracebacks(args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_route_table_and_explain() -> None:
+    runner = CliRunner()
+    table = runner.invoke(app, ["route", "Translate to Portuguese: your refund has been approved"])
+    assert table.exit_code == 0, table.output
+    assert "translate" in table.output and "reembolso" in table.output
+    explained = runner.invoke(app, ["explain", "Olá, preciso de ajuda com a minha conta"])
+    assert explained.exit_code == 0, explained.output
+    for needle in ("nearest examples", "calibration: temperature", "decision:", "language: pt"):
+        assert needle in explained.output
