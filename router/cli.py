@@ -7,20 +7,26 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import typer
+from rich.console import Console
+from rich.table import Table
 
-from policies import PolicyError, load_policy  # noqa: E402
-from router.errors import SlmRouterError  # noqa: E402
+from policies import PolicyError, load_policy
+from router.errors import SlmRouterError
 
-app = typer.Typer(help="Route each request to the cheapest model that can answer it well.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from router.api import Router
+    from router.result import RouteResult
+
+app = typer.Typer(
+    help="Route each request to the cheapest model that can answer it well.", no_args_is_help=True
+)
 policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the small heads shipped with slm-router.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -29,12 +35,17 @@ app.add_typer(train_app, name="train")
 console = Console()
 err = Console(stderr=True)
 
-PolicyOpt = Annotated[Path | None, typer.Option("--policy", "-p", help="Policy YAML (default: packaged preset).")]
+PolicyOpt = Annotated[
+    Path | None, typer.Option("--policy", "-p", help="Policy YAML (default: packaged preset).")
+]
 
 DEMO_MESSAGES = [
     ("English complaint", "I am really angry, my package arrived broken and nobody answers my emails!"),
     ("Portuguese message", "Olá, o meu pedido ainda não chegou. Podem verificar, por favor?"),
-    ("order, email, amount", "Order #A12345 was charged $49.99 twice, please refund me at jane.doe@example.com"),
+    (
+        "order, email, amount",
+        "Order #A12345 was charged $49.99 twice, please refund me at jane.doe@example.com",
+    ),
     ("translate request", "Translate to Portuguese: your refund has been approved"),
     ("ambiguous question", "I have a problem with my last purchase"),
     ("off-topic question", "What is the best way to grow tomatoes on a balcony?"),
@@ -42,12 +53,12 @@ DEMO_MESSAGES = [
 ]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
 
-def _router(policy: Path | None):  # type: ignore[no-untyped-def]
+def _router(policy: Path | None) -> Router:
     from router.api import Router
 
     try:
@@ -65,7 +76,7 @@ def _result_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
-def _result_rows(result) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def _result_rows(result: RouteResult) -> list[tuple[str, str]]:
     spec = "-" if result.specialist_confidence is None else f"{result.specialist_confidence:.2f}"
     escalated = "[yellow]yes[/]" if result.escalated else "no"
     return [
@@ -75,7 +86,10 @@ def _result_rows(result) -> list[tuple[str, str]]:  # type: ignore[no-untyped-de
         ("escalated", escalated + ("  [red](degraded)[/]" if result.degraded else "")),
         ("reason", result.reason),
         ("language", result.language),
-        ("latency", " ".join(f"{s.node}={s.ms:.0f}ms" for s in result.trace) + f"  total={result.total_ms:.0f}ms"),
+        (
+            "latency",
+            " ".join(f"{s.node}={s.ms:.0f}ms" for s in result.trace) + f"  total={result.total_ms:.0f}ms",
+        ),
     ]
 
 
@@ -87,7 +101,6 @@ def _read_text(text: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         _fail(f"stdin is not valid UTF-8: {exc.reason} at byte {exc.start}")
-        raise
 
 
 @app.command()
@@ -129,8 +142,12 @@ def explain(
         scores.add_column(col, justify="right" if col != "route" else "left")
     for name, prob in sorted(exp.scores.probabilities.items(), key=lambda kv: -kv[1]):
         mark = " ◀" if name == exp.scores.top else ""
-        scores.add_row(name + mark, f"{exp.scores.similarities[name]:.3f}", f"{prob:.3f}",
-                       f"{router.policy.threshold(name):.2f}")
+        scores.add_row(
+            name + mark,
+            f"{exp.scores.similarities[name]:.3f}",
+            f"{prob:.3f}",
+            f"{router.policy.threshold(name):.2f}",
+        )
     console.print(scores)
     near = Table(title="nearest examples", title_justify="left")
     near.add_column("route")
@@ -140,10 +157,14 @@ def explain(
         near.add_row(n.route, f"{n.similarity:.3f}", n.text)
     console.print(near)
     cal = exp.calibration
-    console.print(f"language: {exp.language}   margin: {exp.scores.margin:.3f}   "
-                  f"max similarity: {exp.scores.max_similarity:.3f} (OOD below {router.policy.router.ood_threshold})")
-    console.print(f"calibration: temperature {cal.temperature:.4f}, leave-one-out accuracy {cal.loo_accuracy:.3f}, "
-                  f"ECE {cal.ece:.3f} on {cal.examples} examples")
+    console.print(
+        f"language: {exp.language}   margin: {exp.scores.margin:.3f}   "
+        f"max similarity: {exp.scores.max_similarity:.3f} (OOD below {router.policy.router.ood_threshold})"
+    )
+    console.print(
+        f"calibration: temperature {cal.temperature:.4f}, leave-one-out accuracy {cal.loo_accuracy:.3f}, "
+        f"ECE {cal.ece:.3f} on {cal.examples} examples"
+    )
     console.print(f"[bold]decision:[/] {exp.decision} -> {exp.route}   [bold]because[/] {exp.reason}")
 
 
@@ -191,10 +212,14 @@ SUPPORT_SENTIMENT = Path(__file__).resolve().parents[1] / "agents" / "data" / "s
 @train_app.command("sentiment")
 def train_sentiment(
     data: Annotated[Path, typer.Argument(help="JSONL with `text` and `label` (negative/neutral/positive).")],
-    extra: Annotated[list[Path] | None, typer.Option(help="More labelled JSONL (default: the packaged "
-                                                          "support-domain set).")] = None,
+    extra: Annotated[
+        list[Path] | None,
+        typer.Option(help="More labelled JSONL (default: the packaged support-domain set)."),
+    ] = None,
     extra_weight: Annotated[float, typer.Option(help="Row weight of --extra data vs DATA.")] = 5.0,
-    out: Annotated[Path, typer.Option(help="Where to write the head (.npz).")] = Path("agents/weights/sentiment_head.npz"),
+    out: Annotated[Path, typer.Option(help="Where to write the head (.npz).")] = Path(
+        "agents/weights/sentiment_head.npz"
+    ),
     policy: PolicyOpt = None,
 ) -> None:
     """Train the sentiment head on the router's embedding; reports held-out scores per data file."""

@@ -19,8 +19,13 @@ class Decision(BaseModel):
     reason: str
 
 
-def decide(scores: RouteScores, policy: Policy, language: str | None = None,
-           language_confidence: float = 0.0, forced_route: str | None = None) -> Decision:
+def decide(
+    scores: RouteScores,
+    policy: Policy,
+    language: str | None = None,
+    language_confidence: float = 0.0,
+    forced_route: str | None = None,
+) -> Decision:
     """Pick the specialist, the fallback or a rejection, and say why in words."""
     if forced_route is not None:
         if forced_route not in policy.routes:
@@ -28,27 +33,40 @@ def decide(scores: RouteScores, policy: Policy, language: str | None = None,
         return _serve(forced_route, policy, f"route {forced_route} was requested explicitly")
 
     langs = policy.languages
-    if (langs.non_native_route and language and language not in langs.native
-            and language_confidence >= langs.min_detection_confidence):
-        return _serve(langs.non_native_route, policy,
-                      f"language {language} ({language_confidence:.4g}) is not in {langs.native}")
+    if (
+        langs.non_native_route
+        and language
+        and language not in langs.native
+        and language_confidence >= langs.min_detection_confidence
+    ):
+        return _serve(
+            langs.non_native_route,
+            policy,
+            f"language {language} ({language_confidence:.4g}) is not in {langs.native}",
+        )
 
     if scores.ood:
-        return _serve(policy.router.ood_route, policy,
-                      f"out of distribution: best similarity {scores.max_similarity:.4g} "
-                      f"< {policy.router.ood_threshold:.4g}")
+        return _serve(
+            policy.router.ood_route,
+            policy,
+            f"out of distribution: best similarity {scores.max_similarity:.4g} "
+            f"< {policy.router.ood_threshold:.4g}",
+        )
 
     route = scores.top
     threshold = policy.threshold(route)
     if scores.confidence < threshold:
-        return _escalate(route, policy, f"confidence {scores.confidence:.4g} < threshold {threshold:.4g} "
-                                        f"for route {route}")
+        return _escalate(
+            route, policy, f"confidence {scores.confidence:.4g} < threshold {threshold:.4g} for route {route}"
+        )
     margin = policy.margin(route)
     if scores.margin < margin:
-        return _escalate(route, policy, f"margin {scores.margin:.4g} < {margin:.4g} between {route} "
-                                        f"and {scores.runner_up}")
-    return _serve(route, policy, f"confidence {scores.confidence:.4g} >= threshold {threshold:.4g} "
-                                 f"for route {route}")
+        return _escalate(
+            route, policy, f"margin {scores.margin:.4g} < {margin:.4g} between {route} and {scores.runner_up}"
+        )
+    return _serve(
+        route, policy, f"confidence {scores.confidence:.4g} >= threshold {threshold:.4g} for route {route}"
+    )
 
 
 def _serve(route: str, policy: Policy, why: str) -> Decision:
@@ -63,8 +81,9 @@ def _escalate(route: str, policy: Policy, why: str) -> Decision:
     return Decision(action="fallback", route=route, reason=why)
 
 
-def check_specialist(confidence: float, supported: bool, note: str | None, route: str,
-                     policy: Policy) -> str | None:
+def check_specialist(
+    confidence: float, supported: bool, note: str | None, route: str, policy: Policy
+) -> str | None:
     """After the specialist: the reason to escalate its answer, or None to keep it."""
     if not supported:
         return f"specialist cannot serve this request: {note or 'unsupported'}"

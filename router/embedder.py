@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,14 +31,14 @@ class Embedder:
         self.model_ref = str(model) if model else str(packaged_model_path())
         self.device = device
         self.batch_size = batch_size
-        self._model: object | None = None
+        self._model: Any = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return Path(self.model_ref).name if Path(self.model_ref).exists() else self.model_ref
 
-    def _load(self):  # type: ignore[no-untyped-def]
+    def _load(self) -> Any:
         with self._lock:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer

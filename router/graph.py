@@ -10,7 +10,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
@@ -58,7 +58,9 @@ class Components:
 def normalise(text: str, max_chars: int) -> str:
     """Reject what cannot be routed; drop invisible control characters that confuse tokenisers."""
     if len(text) > max_chars:
-        raise InputTooLargeError(f"text has {len(text):,} characters; the limit is {max_chars:,} (limits.max_chars)")
+        raise InputTooLargeError(
+            f"text has {len(text):,} characters; the limit is {max_chars:,} (limits.max_chars)"
+        )
     text = unicodedata.normalize("NFC", text)
     text = "".join(ch for ch in text if ch in _KEEP or unicodedata.category(ch) not in _CONTROL).strip()
     if not text:
@@ -84,45 +86,81 @@ class Controller:
     def guard(self, state: RouterState) -> dict[str, Any]:
         text = normalise(state["request"].text, self.c.policy.limits.max_chars)
         language, conf = detect_language(text)
-        return {"text": text, "language": language, "language_confidence": conf,
-                "_info": {"chars": len(text), "language": language, "language_confidence": round(conf, 3)}}
+        return {
+            "text": text,
+            "language": language,
+            "language_confidence": conf,
+            "_info": {"chars": len(text), "language": language, "language_confidence": round(conf, 3)},
+        }
 
     def classify(self, state: RouterState) -> dict[str, Any]:
         embedding = self.c.embedder.encode_one(state["text"])
         scores = self.c.index.score(embedding)
-        return {"embedding": embedding, "scores": scores,
-                "_info": {"top": scores.top, "confidence": round(scores.confidence, 4),
-                          "margin": round(scores.margin, 4), "max_similarity": round(scores.max_similarity, 4),
-                          "ood": scores.ood, "probabilities": scores.probabilities}}
+        return {
+            "embedding": embedding,
+            "scores": scores,
+            "_info": {
+                "top": scores.top,
+                "confidence": round(scores.confidence, 4),
+                "margin": round(scores.margin, 4),
+                "max_similarity": round(scores.max_similarity, 4),
+                "ood": scores.ood,
+                "probabilities": scores.probabilities,
+            },
+        }
 
     def decide(self, state: RouterState) -> dict[str, Any]:
-        decision = decide(state["scores"], self.c.policy, state["language"], state["language_confidence"],
-                          state["request"].route)
+        decision = decide(
+            state["scores"],
+            self.c.policy,
+            state["language"],
+            state["language_confidence"],
+            state["request"].route,
+        )
         if decision.action == "fallback" and self.c.fallback is None:
-            decision = Decision(action="reject", route=decision.route, reason=f"{decision.reason}; no fallback")
-        return {"decision": decision, "escalation": decision.reason if decision.action != "specialist" else None,
-                "_info": decision.model_dump()}
+            decision = Decision(
+                action="reject", route=decision.route, reason=f"{decision.reason}; no fallback"
+            )
+        return {
+            "decision": decision,
+            "escalation": decision.reason if decision.action != "specialist" else None,
+            "_info": decision.model_dump(),
+        }
 
     def specialist(self, state: RouterState) -> dict[str, Any]:
         route = state["decision"].route
         agent = self.c.policy.routes[route].agent
         assert agent is not None  # decide() only sends routes with an agent here
-        item = AgentInput(text=state["text"], language=state["language"], embedding=state["embedding"],
-                          params=state["request"].params)
+        item = AgentInput(
+            text=state["text"],
+            language=state["language"],
+            embedding=state["embedding"],
+            params=state["request"].params,
+        )
         try:
             result = self.c.pool.run(agent, [item])[0]
         except AgentError as exc:
-            return {"specialist": None, "escalation": f"specialist failed: {exc}",
-                    "_info": {"agent": agent, "error": str(exc)}}
-        return {"specialist": result,
-                "_info": {"agent": agent, "confidence": round(result.confidence, 4), "supported": result.supported}}
+            return {
+                "specialist": None,
+                "escalation": f"specialist failed: {exc}",
+                "_info": {"agent": agent, "error": str(exc)},
+            }
+        return {
+            "specialist": result,
+            "_info": {
+                "agent": agent,
+                "confidence": round(result.confidence, 4),
+                "supported": result.supported,
+            },
+        }
 
     def check(self, state: RouterState) -> dict[str, Any]:
         result = state.get("specialist")
         if result is None:
             return {"_info": {"escalate": state.get("escalation")}}
-        reason = check_specialist(result.confidence, result.supported, result.note, state["decision"].route,
-                                  self.c.policy)
+        reason = check_specialist(
+            result.confidence, result.supported, result.note, state["decision"].route, self.c.policy
+        )
         if reason and self.c.fallback is not None and self.c.policy.fallback.enabled:
             return {"escalation": reason, "_info": {"escalate": reason}}
         return {"answer": result, "_info": {"escalate": None, "kept_despite": reason}}
@@ -136,8 +174,12 @@ class Controller:
             kept = state.get("specialist")
             if kept is None:
                 raise FallbackError(f"{exc} (needed because: {state.get('escalation')})") from exc
-            return {"answer": kept, "degraded": True, "escalation": f"{state.get('escalation')}; {exc}",
-                    "_info": {"error": str(exc), "kept": kept.agent}}
+            return {
+                "answer": kept,
+                "degraded": True,
+                "escalation": f"{state.get('escalation')}; {exc}",
+                "_info": {"error": str(exc), "kept": kept.agent},
+            }
         return {"answer": answer, "_info": {"model": self.c.fallback.label}}
 
     def respond(self, state: RouterState) -> dict[str, Any]:
@@ -154,11 +196,20 @@ class Controller:
             reason = state.get("escalation") or decision.reason
         steps = [*state["trace"]]
         result = RouteResult(
-            route=decision.route, action=action, output=output, details=answer.details if answer else None,
-            answered_by=by, confidence=round(state["scores"].probabilities.get(decision.route, 0.0), 4),
+            route=decision.route,
+            action=action,
+            output=output,
+            details=answer.details if answer else None,
+            answered_by=by,
+            confidence=round(state["scores"].probabilities.get(decision.route, 0.0), 4),
             specialist_confidence=round(specialist.confidence, 4) if specialist else None,
-            escalated=escalated, reason=reason, language=state["language"], degraded=state.get("degraded", False),
-            metadata=state["request"].metadata, trace=steps, total_ms=round(sum(s.ms for s in steps), 3),
+            escalated=escalated,
+            reason=reason,
+            language=state["language"],
+            degraded=state.get("degraded", False),
+            metadata=state["request"].metadata,
+            trace=steps,
+            total_ms=round(sum(s.ms for s in steps), 3),
         )
         return {"result": result}
 
@@ -175,7 +226,7 @@ def build_graph(components: Components) -> Any:
     controller = Controller(components)
     graph = StateGraph(RouterState)
     for name in ("guard", "classify", "decide", "specialist", "check", "fallback"):
-        graph.add_node(name, _timed(name, getattr(controller, name)))
+        graph.add_node(name, cast(Any, _timed(name, getattr(controller, name))))
     graph.add_node("respond", controller.respond)
     graph.add_edge(START, "guard")
     graph.add_edge("guard", "classify")

@@ -12,7 +12,9 @@ from agents.base import AgentDetails
 class RouteRequest(BaseModel):
     text: str
     route: str | None = Field(default=None, description="Force this route (skips the router's choice).")
-    params: dict[str, Any] = Field(default_factory=dict, description="Passed to the agent, e.g. target_language.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the agent, e.g. target_language."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Carried through to the result.")
 
 
@@ -35,7 +37,9 @@ class RouteResult(BaseModel):
     escalated: bool
     reason: str
     language: str
-    degraded: bool = Field(default=False, description="True when the fallback failed and a weaker answer was kept.")
+    degraded: bool = Field(
+        default=False, description="True when the fallback failed and a weaker answer was kept."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
     trace: list[TraceStep]
     total_ms: float

@@ -88,8 +88,14 @@ class RouteIndex:
     examples themselves give held-out data for the temperature, so no extra labelled set is needed.
     """
 
-    def __init__(self, utterances: dict[str, list[str]], embedder: Embedder, top_k: int, ood_threshold: float,
-                 ood_route: str) -> None:
+    def __init__(
+        self,
+        utterances: dict[str, list[str]],
+        embedder: Embedder,
+        top_k: int,
+        ood_threshold: float,
+        ood_route: str,
+    ) -> None:
         self.routes = list(utterances)
         self.texts = [t for r in self.routes for t in utterances[r]]
         self.labels = np.array([i for i, r in enumerate(self.routes) for _ in utterances[r]])
@@ -101,8 +107,13 @@ class RouteIndex:
 
     @classmethod
     def from_policy(cls, policy: Policy, embedder: Embedder) -> RouteIndex:
-        return cls(load_utterances(policy), embedder, policy.router.top_k, policy.router.ood_threshold,
-                   policy.router.ood_route)
+        return cls(
+            load_utterances(policy),
+            embedder,
+            policy.router.top_k,
+            policy.router.ood_threshold,
+            policy.router.ood_route,
+        )
 
     def _embed_cached(self, embedder: Embedder) -> np.ndarray:
         """Embedding the examples is the slow part of start-up; cache it by content and model."""
@@ -174,5 +185,9 @@ class RouteIndex:
     def nearest(self, vector: np.ndarray, n: int = 5) -> list[Neighbour]:
         sims = self.vectors @ vector
         idx = np.argsort(-sims)[:n]
-        return [Neighbour(route=self.routes[self.labels[i]], text=self.texts[i], similarity=round(float(sims[i]), 4))
-                for i in idx]
+        return [
+            Neighbour(
+                route=self.routes[self.labels[i]], text=self.texts[i], similarity=round(float(sims[i]), 4)
+            )
+            for i in idx
+        ]

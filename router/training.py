@@ -50,12 +50,19 @@ def read_labelled(path: Path, text_key: str = "text", label_key: str = "label") 
                 row = json.loads(line)
                 rows.append((str(row[text_key]), str(row[label_key])))
             except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{path}:{n}: expected JSON with {text_key!r} and {label_key!r}: {exc}") from exc
+                raise ValueError(
+                    f"{path}:{n}: expected JSON with {text_key!r} and {label_key!r}: {exc}"
+                ) from exc
     return rows
 
 
-def fit_head(vectors: np.ndarray, labels: list[str], sample_weight: np.ndarray | None = None, l2: float = 1e-4,
-             max_iter: int = 200) -> SentimentHead:
+def fit_head(
+    vectors: np.ndarray,
+    labels: list[str],
+    sample_weight: np.ndarray | None = None,
+    l2: float = 1e-4,
+    max_iter: int = 200,
+) -> SentimentHead:
     """Class-balanced multinomial logistic regression by full-batch L-BFGS (torch is here for the encoder).
 
     Balanced weights keep the minority `neutral` class from vanishing (unweighted, its F1 was 0.0).
@@ -82,8 +89,11 @@ def fit_head(vectors: np.ndarray, labels: list[str], sample_weight: np.ndarray |
         return loss
 
     optimiser.step(closure)
-    return SentimentHead(weights=linear.weight.detach().numpy().copy(),
-                         bias=linear.bias.detach().numpy().copy(), labels=classes)
+    return SentimentHead(
+        weights=linear.weight.detach().numpy().copy(),
+        bias=linear.bias.detach().numpy().copy(),
+        labels=classes,
+    )
 
 
 def macro_f1(gold: list[str], pred: list[str], classes: list[str]) -> dict[str, float]:
@@ -101,14 +111,18 @@ def _score(head: SentimentHead, vectors: np.ndarray, gold: list[str]) -> SplitSc
     pred = [head.labels[i] for i in probs.argmax(axis=1)]
     correct = np.array([p == g for p, g in zip(pred, gold, strict=True)], dtype=float)
     f1 = macro_f1(gold, pred, head.labels)
-    return SplitScore(rows=len(gold), accuracy=round(float(correct.mean()), 4),
-                      macro_f1=round(float(np.mean(list(f1.values()))), 4),
-                      ece=round(expected_calibration_error(probs.max(axis=1), correct), 4),
-                      per_class_f1={k: round(v, 4) for k, v in f1.items()})
+    return SplitScore(
+        rows=len(gold),
+        accuracy=round(float(correct.mean()), 4),
+        macro_f1=round(float(np.mean(list(f1.values()))), 4),
+        ece=round(expected_calibration_error(probs.max(axis=1), correct), 4),
+        per_class_f1={k: round(v, 4) for k, v in f1.items()},
+    )
 
 
-def train_sentiment_head(sources: dict[str, tuple[Path, float]], out: Path, embedder: Embedder,
-                         show_progress: bool = True) -> HeadReport:
+def train_sentiment_head(
+    sources: dict[str, tuple[Path, float]], out: Path, embedder: Embedder, show_progress: bool = True
+) -> HeadReport:
     """sources: name -> (JSONL file, row weight). Each source is split 80/10/10 by text hash."""
     parts: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for name, (path, _) in sources.items():
@@ -124,12 +138,14 @@ def train_sentiment_head(sources: dict[str, tuple[Path, float]], out: Path, embe
     x_train, y_train, w_train = stacked("train")
     head = fit_head(x_train, y_train, w_train)
     x_cal, y_cal, _ = stacked("calibration")
-    head.temperature = fit_temperature(x_cal @ head.weights.T + head.bias,
-                                       np.array([head.labels.index(y) for y in y_cal]))
+    head.temperature = fit_temperature(
+        x_cal @ head.weights.T + head.bias, np.array([head.labels.index(y) for y in y_cal])
+    )
     head.save(out)
     tests = {}
     for name in sources:
         texts = parts[name]["test"]
         tests[name] = _score(head, embedder.encode([t for t, _ in texts]), [lab for _, lab in texts])
-    return HeadReport(train=len(y_train), calibration=len(y_cal), temperature=round(head.temperature, 4),
-                      test=tests)
+    return HeadReport(
+        train=len(y_train), calibration=len(y_cal), temperature=round(head.temperature, 4), test=tests
+    )

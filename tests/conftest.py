@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from policies import DEFAULT_POLICY, Policy, load_policy  # noqa: E402
-from router.api import Router  # noqa: E402
+from policies import DEFAULT_POLICY, Policy, load_policy
+from router.api import Router
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def router(default_policy: Policy) -> Router:
 
 
 def policy_with(base: Policy, **updates: Any) -> Policy:
-    """A copy of `base` with dotted-path updates, e.g. policy_with(p, **{"routes.sentiment.threshold": 0.9})."""
+    """A copy of `base` with dotted-path updates: policy_with(p, **{"routes.sentiment.threshold": 0.9})."""
     data = base.model_dump(mode="python")
     for dotted, value in updates.items():
         node = data
@@ -65,9 +65,23 @@ def llama_server() -> Iterator[str]:
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf_path()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(packaged_gguf_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--model_alias",
+            "smollm2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -97,5 +111,8 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 1
     else:
         raise RuntimeError("llama.cpp server did not start in time")
     for _ in range(2):
-        httpx.post(f"{base_url}/chat/completions", timeout=60,
-                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        httpx.post(
+            f"{base_url}/chat/completions",
+            timeout=60,
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        )

@@ -19,8 +19,13 @@ BIN = Path(sys.executable).with_name("slm-router")
 
 
 def _run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(BIN), *args], input=stdin, capture_output=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [str(BIN), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_route_json_validates_against_schema() -> None:
@@ -37,11 +42,14 @@ def test_invalid_utf8_on_stdin_is_a_clean_error() -> None:
     assert b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["route", "   "], "EmptyInputError"),
-    (["route", "--route", "refunds", "hello there"], "unknown route 'refunds'"),
-    (["route", "--policy", "missing.yaml", "hello"], "file not found"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["route", "   "], "EmptyInputError"),
+        (["route", "--route", "refunds", "hello there"], "unknown route 'refunds'"),
+        (["route", "--policy", "missing.yaml", "hello"], "file not found"),
+    ],
+)
 def test_errors_are_messages_not_tracebacks(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2

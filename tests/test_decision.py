@@ -11,16 +11,30 @@ from router.routes import RouteScores
 from tests.conftest import policy_with
 
 
-def scores(top: str = "sentiment", confidence: float = 0.8, margin: float = 0.5, max_sim: float = 0.7,
-           ood: bool = False) -> RouteScores:
+def scores(
+    top: str = "sentiment",
+    confidence: float = 0.8,
+    margin: float = 0.5,
+    max_sim: float = 0.7,
+    ood: bool = False,
+) -> RouteScores:
     others = {"translate": 0.0, "sentiment": 0.0, "extract": 0.0, "other": 0.0}
     others[top] = confidence
-    return RouteScores(similarities=others, probabilities=others, top=top, confidence=confidence,
-                       runner_up="extract" if top != "extract" else "sentiment", margin=margin,
-                       max_similarity=max_sim, ood=ood)
+    return RouteScores(
+        similarities=others,
+        probabilities=others,
+        top=top,
+        confidence=confidence,
+        runner_up="extract" if top != "extract" else "sentiment",
+        margin=margin,
+        max_similarity=max_sim,
+        ood=ood,
+    )
 
 
-@pytest.mark.parametrize(("confidence", "action"), [(0.5, "specialist"), (0.4999, "fallback"), (0.51, "specialist")])
+@pytest.mark.parametrize(
+    ("confidence", "action"), [(0.5, "specialist"), (0.4999, "fallback"), (0.51, "specialist")]
+)
 def test_router_threshold_boundary(default_policy: Policy, confidence: float, action: str) -> None:
     decision = decide(scores(confidence=confidence), default_policy, "en", 0.99)
     assert decision.action == action
@@ -36,7 +50,9 @@ def test_margin_boundary(default_policy: Policy) -> None:
 
 
 def test_default_threshold_applies_when_route_has_none(default_policy: Policy) -> None:
-    policy = policy_with(default_policy, **{"routes.extract.threshold": None, "router.default_threshold": 0.9})
+    policy = policy_with(
+        default_policy, **{"routes.extract.threshold": None, "router.default_threshold": 0.9}
+    )
     assert decide(scores("extract", confidence=0.89), policy, "en", 0.99).action == "fallback"
     assert decide(scores("extract", confidence=0.9), policy, "en", 0.99).action == "specialist"
 
@@ -73,7 +89,9 @@ def test_fallback_disabled_rejects(default_policy: Policy) -> None:
 
 
 @pytest.mark.parametrize(("confidence", "escalates"), [(0.55, False), (0.5499, True), (0.9, False)])
-def test_specialist_min_confidence_boundary(default_policy: Policy, confidence: float, escalates: bool) -> None:
+def test_specialist_min_confidence_boundary(
+    default_policy: Policy, confidence: float, escalates: bool
+) -> None:
     reason = check_specialist(confidence, True, None, "sentiment", default_policy)
     assert (reason is not None) is escalates
     if escalates:

@@ -18,19 +18,30 @@ class _Capture(BaseCallbackHandler):
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]],
-                            **kwargs: Any) -> None:
+    def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
+    ) -> None:
         self.sent += [str(m.content) for batch in messages for m in batch]
 
 
 def _server_router(policy: Policy, router: Router, base_url: str, **updates: Any) -> Router:
-    configured = policy_with(policy, fallback={"kind": "openai", "base_url": base_url, "model": "smollm2",
-                                               "max_tokens": 48, "timeout_s": 60}, **updates)
+    configured = policy_with(
+        policy,
+        fallback={
+            "kind": "openai",
+            "base_url": base_url,
+            "model": "smollm2",
+            "max_tokens": 48,
+            "timeout_s": 60,
+        },
+        **updates,
+    )
     return Router(configured, embedder=router.embedder)
 
 
-def test_openai_compatible_server_answers_general_question(default_policy: Policy, router: Router,
-                                                           llama_server: str) -> None:
+def test_openai_compatible_server_answers_general_question(
+    default_policy: Policy, router: Router, llama_server: str
+) -> None:
     served = _server_router(default_policy, router, llama_server)
     result = served.invoke("What is the best way to grow tomatoes on a balcony?")
     assert result.escalated and result.answered_by == "fallback"
@@ -39,8 +50,9 @@ def test_openai_compatible_server_answers_general_question(default_policy: Polic
     assert len(result.output.strip()) > 0
 
 
-def test_pii_never_reaches_the_fallback_and_is_restored(default_policy: Policy, router: Router,
-                                                        llama_server: str) -> None:
+def test_pii_never_reaches_the_fallback_and_is_restored(
+    default_policy: Policy, router: Router, llama_server: str
+) -> None:
     served = _server_router(default_policy, router, llama_server)
     assert served.fallback is not None
     capture = _Capture()

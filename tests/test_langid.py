@@ -9,16 +9,19 @@ import pytest
 from agents.langid import UNDETERMINED, detect_language
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Where is my order? I placed it last week.", "en"),
-    ("I want to cancel my subscription, please.", "en"),
-    ("Onde está o meu pedido?", "pt"),
-    ("Eu quero cancelar meu pedido", "pt"),
-    ("Wo ist meine Bestellung?", "de"),
-    ("Ich möchte mein Abonnement kündigen.", "de"),
-    ("¿Dónde está mi pedido?", "es"),
-    ("Quiero cancelar mi suscripción.", "es"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Where is my order? I placed it last week.", "en"),
+        ("I want to cancel my subscription, please.", "en"),
+        ("Onde está o meu pedido?", "pt"),
+        ("Eu quero cancelar meu pedido", "pt"),
+        ("Wo ist meine Bestellung?", "de"),
+        ("Ich möchte mein Abonnement kündigen.", "de"),
+        ("¿Dónde está mi pedido?", "es"),
+        ("Quiero cancelar mi suscripción.", "es"),
+    ],
+)
 def test_detects_common_languages(text: str, expected: str) -> None:
     code, score = detect_language(text)
     assert code == expected

@@ -117,8 +117,10 @@ def test_missing_examples_file_names_the_route(tmp_path: Path) -> None:
 
 
 def test_env_override(tmp_path: Path) -> None:
-    policy = load_policy(DEFAULT_POLICY, env={"SLM_ROUTER__ROUTES__SENTIMENT__THRESHOLD": "0.75",
-                                              "SLM_ROUTER__FALLBACK__ENABLED": "false"})
+    policy = load_policy(
+        DEFAULT_POLICY,
+        env={"SLM_ROUTER__ROUTES__SENTIMENT__THRESHOLD": "0.75", "SLM_ROUTER__FALLBACK__ENABLED": "false"},
+    )
     assert policy.routes["sentiment"].threshold == 0.75
     assert policy.fallback.enabled is False
     with pytest.raises(PolicyError, match=r"router\.top_k"):

@@ -87,8 +87,13 @@ def test_unsupported_pair_escalates_with_reason(router: Router) -> None:
 
 @pytest.mark.parametrize(
     ("payload", "error"),
-    [("", EmptyInputError), ("   \n\t ", EmptyInputError), ("\x00\x01\u200b", EmptyInputError),
-     ("a" * 1_000_000, InputTooLargeError), (b"caf\xe9 \xff", InvalidEncodingError)],
+    [
+        ("", EmptyInputError),
+        ("   \n\t ", EmptyInputError),
+        ("\x00\x01\u200b", EmptyInputError),
+        ("a" * 1_000_000, InputTooLargeError),
+        (b"caf\xe9 \xff", InvalidEncodingError),
+    ],
 )
 def test_bad_input_raises_typed_errors(router: Router, payload: str | bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -105,7 +110,9 @@ def test_unknown_forced_route(router: Router) -> None:
 
 
 def test_forced_route_and_params(router: Router) -> None:
-    result = router.invoke({"text": "Where is my order?", "route": "translate", "params": {"target_language": "pt"}})
+    result = router.invoke(
+        {"text": "Where is my order?", "route": "translate", "params": {"target_language": "pt"}}
+    )
     assert result.route == "translate"
     assert "pedido" in result.output.lower() or "encomenda" in result.output.lower()
 
@@ -134,10 +141,13 @@ class _Sleeping:
         return []
 
 
-@pytest.mark.parametrize(("agent", "needle"), [(_Crashing(), "crashed: RuntimeError: model file corrupted"),
-                                               (_Sleeping(), "timed out after 0.5 s")])
-def test_failing_specialist_escalates_without_losing_the_request(default_policy: Policy, router: Router,
-                                                                 agent: object, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("agent", "needle"),
+    [(_Crashing(), "crashed: RuntimeError: model file corrupted"), (_Sleeping(), "timed out after 0.5 s")],
+)
+def test_failing_specialist_escalates_without_losing_the_request(
+    default_policy: Policy, router: Router, agent: object, needle: str
+) -> None:
     agents = build_agents(default_policy, router.embedder)
     agents["sentiment"] = agent  # type: ignore[assignment]
     broken = Router(default_policy, pool=LocalPool(agents, timeout_s=0.5), embedder=router.embedder)
@@ -149,8 +159,10 @@ def test_failing_specialist_escalates_without_losing_the_request(default_policy:
 def test_fallback_down(default_policy: Policy, router: Router) -> None:
     from tests.conftest import free_port
 
-    down = policy_with(default_policy, fallback={"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
-                                                 "timeout_s": 3})
+    down = policy_with(
+        default_policy,
+        fallback={"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 3},
+    )
     dead = Router(down, embedder=router.embedder)
     with pytest.raises(FallbackError, match="needed because"):
         dead.invoke("What is the best way to grow tomatoes on a balcony?")

