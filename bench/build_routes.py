@@ -39,7 +39,7 @@ def _write(name: str, header: str, texts: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--per-intent", type=int, default=2)
+    parser.add_argument("--per-intent", type=int, default=4)
     args = parser.parse_args()
 
     by_intent: dict[str, list[str]] = defaultdict(list)

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from langchain_core.runnables import Runnable, RunnableConfig
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.base import Agent, AgentError
 from agents.extraction import ExtractionAgent
 from agents.fallback import FallbackAgent, build_chat_model, model_label
 from agents.hosting import AgentPool, LocalPool
+from agents.langid import detect_language
 from agents.redaction import Redactor
 from agents.sentiment import SentimentAgent
 from agents.translation import FastTranslateBackend, Seq2SeqBackend, TranslationAgent, TranslationBackend
 from policies import Policy, load_policy
+from router.decision import Decision, decide
 from router.embedder import Embedder
 from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadError
 from router.graph import Components, RouterState, build_graph, normalise
@@ -23,6 +26,17 @@ from router.result import RouteRequest, RouteResult
 from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
 
 RouterInput = str | bytes | RouteRequest | dict[str, Any]
+
+
+class Routing(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    text: str
+    language: str
+    language_confidence: float
+    scores: RouteScores
+    decision: Decision
+    vector: np.ndarray = Field(exclude=True)
 
 
 class Explanation(BaseModel):
@@ -133,23 +147,38 @@ class Router(Runnable[RouterInput, RouteResult]):
         )
         return state["result"]
 
+    def decide_many(self, texts: list[str]) -> list[Routing]:
+        """Guard, classify and decide for many texts in one embedding batch; no agent is called.
+
+        This is the router alone, for evaluation and `explain`: the same decision the graph makes.
+        """
+        clean = [normalise(t, self.policy.limits.max_chars) for t in texts]
+        languages = [detect_language(t) for t in clean]
+        vectors = self.embedder.encode(clean)
+        return [
+            Routing(
+                text=t,
+                language=lang,
+                language_confidence=conf,
+                scores=scores,
+                vector=vec,
+                decision=decide(scores, self.policy, lang, conf),
+            )
+            for t, (lang, conf), scores, vec in zip(
+                clean, languages, self.index.score_many(vectors), vectors, strict=True
+            )
+        ]
+
     def explain(self, text: str, neighbours: int = 5) -> Explanation:
         """Scores per route, nearest examples and the decision, without calling any agent."""
-        from agents.langid import detect_language
-        from router.decision import decide
-
-        clean = normalise(text, self.policy.limits.max_chars)
-        language, conf = detect_language(clean)
-        vector = self.embedder.encode_one(clean)
-        scores = self.index.score(vector)
-        decision = decide(scores, self.policy, language, conf)
+        routing = self.decide_many([text])[0]
         return Explanation(
-            text=clean,
-            language=language,
-            scores=scores,
-            nearest=self.index.nearest(vector, neighbours),
-            decision=decision.action,
-            route=decision.route,
-            reason=decision.reason,
+            text=routing.text,
+            language=routing.language,
+            scores=routing.scores,
+            nearest=self.index.nearest(routing.vector, neighbours),
+            decision=routing.decision.action,
+            route=routing.decision.route,
+            reason=routing.decision.reason,
             calibration=self.index.calibration,
         )
