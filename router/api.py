@@ -126,8 +126,10 @@ class Router(Runnable[RouterInput, RouteResult]):
         from agents.base import AgentInput
 
         self.embedder.load()
+        detect_language("warm up the language detector")
         for name in self.pool.names():
-            self.pool.run(name, [AgentInput(text="Where is my order 12345?", language="en")])
+            # Portuguese, so the translator loads its models too (English alone would need no model).
+            self.pool.run(name, [AgentInput(text="Olá, onde está o meu pedido 12345?", language="pt")])
         if self.fallback is not None:
             self.fallback.answer("Say OK.")
 
