@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-slow lint bench train-sentiment routes clean
+.PHONY: install install-dev demo test lint bench train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,6 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest
-
-test-slow: install-dev
-	$(PY) -m pytest -m slow
 
 lint: install-dev
 	$(VENV)/bin/ruff check router agents policies tests examples bench
