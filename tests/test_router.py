@@ -177,3 +177,13 @@ def test_fallback_disabled_rejects_instead(default_policy: Policy, router: Route
     off = Router(policy_with(default_policy, **{"fallback.enabled": False}), embedder=router.embedder)
     result = off.invoke("What is the best way to grow tomatoes on a balcony?")
     assert result.action == "reject" and result.output == "" and "fallback disabled" in result.reason
+
+
+def test_missing_model_directory_is_a_load_error(default_policy: Policy, router: Router) -> None:
+    from router.errors import ModelLoadError
+
+    bad = policy_with(
+        default_policy, **{"agents.translate.seq2seq": [{"path": "/nonexistent", "pairs": ["en-de"]}]}
+    )
+    with pytest.raises(ModelLoadError, match="seq2seq model directory not found"):
+        Router(bad, embedder=router.embedder)

@@ -269,3 +269,27 @@ def test_seq2seq_batch_confidences(tiny_seq2seq: Path) -> None:
 def test_seq2seq_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="not found"):
         Seq2SeqBackend(str(tmp_path / "nope"), ["en-de"])
+
+
+def test_engine_crash_restarts_the_child_and_loses_nothing() -> None:
+    import signal
+
+    backend = FastTranslateBackend()
+    try:
+        (first,) = backend.translate_batch(["Quero cancelar meu pedido."], "pt", "en")
+        worker = backend._worker
+        assert worker._proc is not None
+        worker._proc.send_signal(signal.SIGSEGV)
+        worker._proc.wait(timeout=10)
+        (again,) = backend.translate_batch(["Quero cancelar meu pedido."], "pt", "en")
+        assert again == first and worker.restarts == 1
+    finally:
+        backend.close()
+
+
+def test_engine_that_keeps_dying_is_an_agent_error() -> None:
+    from agents.isolation import WorkerProcess
+
+    worker = WorkerProcess("agents.no_such_engine_module", agent="translate")
+    with pytest.raises(AgentError, match="died"):
+        worker.request({"texts": ["x"]})
