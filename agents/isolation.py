@@ -10,6 +10,7 @@ The child is `python -m MODULE`, where MODULE calls `serve(handler)`; requests a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.base import AgentError
+
+log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
@@ -63,6 +66,9 @@ class WorkerProcess:
                         raise AgentError(self.agent, reply["error"])
                     return reply["ok"]
                 code = self._proc.wait(timeout=5)
+                log.warning(
+                    "%s engine (%s) died with exit code %s; restarting", self.agent, self.module, code
+                )
                 if attempt == self.retries:
                     raise AgentError(self.agent, f"engine process {self.module} died (exit code {code})")
         raise AssertionError("unreachable")

