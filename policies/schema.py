@@ -170,6 +170,63 @@ class PrivacyPolicy(_Strict):
     )
 
 
+class AutoscalingConfig(_Strict):
+    """Passed to Ray Serve as `autoscaling_config` (replaces `num_replicas`)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """How one agent is hosted on Ray Serve."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    autoscaling: AutoscalingConfig | None = None
+    max_ongoing_requests: int = Field(default=32, ge=1, description="Per replica; more requests queue.")
+    num_cpus: float = Field(default=0.5, gt=0, description="CPUs reserved per replica.")
+
+
+class HostingConfig(_Strict):
+    """Where agents run. The controller graph is the same for both backends."""
+
+    backend: Literal["local", "ray"] = "local"
+    max_batch_size: int = Field(default=16, ge=1, description="Micro-batch size per agent (both backends).")
+    batch_wait_timeout_s: float = Field(
+        default=0.002, ge=0.0, le=1.0, description="How long a micro-batch waits to fill (see bench/)."
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join; null = RAY_ADDRESS, else start a local cluster."
+    )
+    deployments: dict[str, DeploymentConfig] = Field(
+        default_factory=dict, description="Per-agent Ray Serve settings; agents not listed get the defaults."
+    )
+
+    def deployment(self, agent: str) -> DeploymentConfig:
+        return self.deployments.get(agent, DeploymentConfig())
+
+
+class ServerConfig(_Strict):
+    """The HTTP service (`slm-router serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    auth: Literal["required", "disabled"] = Field(
+        default="required", description="`disabled` is refused unless host is a loopback address."
+    )
+    api_keys_env: str = Field(default="SLM_ROUTER_API_KEYS", description="Env var with comma-separated keys.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_batch: int = Field(default=64, ge=1, description="Most requests in one /v1/route/batch call.")
+
+
 class Policy(_Strict):
     """A complete router configuration (see policies/presets/default.yaml)."""
 
@@ -181,6 +238,8 @@ class Policy(_Strict):
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+    hosting: HostingConfig = Field(default_factory=HostingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     base_dir: Path | None = Field(default=None, exclude=True, description="Where relative paths resolve.")
 
     @field_validator("routes")
@@ -197,6 +256,11 @@ class Policy(_Strict):
             if route.agent is not None and route.agent not in known_agents:
                 raise ValueError(
                     f"routes.{name}.agent: unknown agent {route.agent!r}; agents: {sorted(known_agents)}"
+                )
+        for agent in self.hosting.deployments:
+            if agent not in known_agents:
+                raise ValueError(
+                    f"hosting.deployments.{agent}: unknown agent; agents: {sorted(known_agents)}"
                 )
         for field, target in (
             ("router.ood_route", self.router.ood_route),

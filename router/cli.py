@@ -185,6 +185,54 @@ def demo(policy: PolicyOpt = None) -> None:
         console.print(_result_table(f"{label}: {message}", _result_rows(result)))
 
 
+@app.command()
+def serve(
+    policy: PolicyOpt = None,
+    backend: Annotated[
+        str | None, typer.Option(help="local | ray (default: the policy's hosting.backend)")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default: the policy's server.host).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the policy's server.port).")] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs). SIGINT/SIGTERM drain in-flight requests, then stop."""
+    import uvicorn
+
+    from router.server import ServerConfigError, create_app, resolve_api_keys
+
+    if backend not in (None, "local", "ray"):
+        _fail(f"--backend must be 'local' or 'ray', got {backend!r}")
+    try:
+        conf = load_policy(policy)
+    except PolicyError as exc:
+        _fail(str(exc))
+    bind_host = host or conf.server.host
+    try:
+        keys = resolve_api_keys(conf.server, bind_host)
+    except ServerConfigError as exc:
+        _fail(str(exc))
+    from router.api import Router
+
+    with console.status(f"loading models ({backend or conf.hosting.backend} backend)..."):
+        try:
+            router = Router(conf, backend="ray" if backend == "ray" else "local" if backend else None)
+        except SlmRouterError as exc:
+            _fail(str(exc))
+    app_ = create_app(router, conf.server, keys)
+    console.print(
+        f"serving on http://{bind_host}:{port or conf.server.port}  (docs: /docs, metrics: /metrics)"
+    )
+    uvicorn.run(
+        app_,
+        host=bind_host,
+        port=port or conf.server.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        access_log=False,
+    )
+
+
 @policy_app.command("validate")
 def policy_validate(file: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
     """Check a policy file; prints one line per problem, naming the field."""

@@ -11,11 +11,31 @@ from router.errors import UnknownRouteError
 from router.routes import RouteScores
 
 Action = Literal["specialist", "fallback", "reject"]
+ReasonCode = Literal[
+    "forced",
+    "language",
+    "ood",
+    "fallback_route",
+    "low_confidence",
+    "low_margin",
+    "confident",
+    "specialist_unsupported",
+    "specialist_low_confidence",
+    "specialist_failed",
+    "fallback_failed",
+]
+"""A stable label per reason, for metrics and logs; `reason` says the same in words with the numbers."""
 
 
 class Decision(BaseModel):
     action: Action
     route: str
+    code: ReasonCode
+    reason: str
+
+
+class Escalation(BaseModel):
+    code: ReasonCode
     reason: str
 
 
@@ -30,7 +50,7 @@ def decide(
     if forced_route is not None:
         if forced_route not in policy.routes:
             raise UnknownRouteError(f"unknown route {forced_route!r}; routes are {sorted(policy.routes)}")
-        return _serve(forced_route, policy, f"route {forced_route} was requested explicitly")
+        return _serve(forced_route, policy, "forced", f"route {forced_route} was requested explicitly")
 
     langs = policy.languages
     if (
@@ -42,6 +62,7 @@ def decide(
         return _serve(
             langs.non_native_route,
             policy,
+            "language",
             f"language {language} ({language_confidence:.4g}) is not in {langs.native}",
         )
 
@@ -49,6 +70,7 @@ def decide(
         return _serve(
             policy.router.ood_route,
             policy,
+            "ood",
             f"out of distribution: best similarity {scores.max_similarity:.4g} "
             f"< {policy.router.ood_threshold:.4g}",
         )
@@ -57,38 +79,53 @@ def decide(
     threshold = policy.threshold(route)
     if scores.confidence < threshold:
         return _escalate(
-            route, policy, f"confidence {scores.confidence:.4g} < threshold {threshold:.4g} for route {route}"
+            route,
+            policy,
+            "low_confidence",
+            f"confidence {scores.confidence:.4g} < threshold {threshold:.4g} for route {route}",
         )
     margin = policy.margin(route)
     if scores.margin < margin:
         return _escalate(
-            route, policy, f"margin {scores.margin:.4g} < {margin:.4g} between {route} and {scores.runner_up}"
+            route,
+            policy,
+            "low_margin",
+            f"margin {scores.margin:.4g} < {margin:.4g} between {route} and {scores.runner_up}",
         )
     return _serve(
-        route, policy, f"confidence {scores.confidence:.4g} >= threshold {threshold:.4g} for route {route}"
+        route,
+        policy,
+        "confident",
+        f"confidence {scores.confidence:.4g} >= threshold {threshold:.4g} for route {route}",
     )
 
 
-def _serve(route: str, policy: Policy, why: str) -> Decision:
+def _serve(route: str, policy: Policy, code: ReasonCode, why: str) -> Decision:
     if policy.routes[route].agent is None:
-        return _escalate(route, policy, f"{why}; route {route} is served by the fallback")
-    return Decision(action="specialist", route=route, reason=why)
+        return _escalate(route, policy, "fallback_route", f"{why}; route {route} is served by the fallback")
+    return Decision(action="specialist", route=route, code=code, reason=why)
 
 
-def _escalate(route: str, policy: Policy, why: str) -> Decision:
+def _escalate(route: str, policy: Policy, code: ReasonCode, why: str) -> Decision:
     if not policy.fallback.enabled:
-        return Decision(action="reject", route=route, reason=f"{why}; fallback disabled")
-    return Decision(action="fallback", route=route, reason=why)
+        return Decision(action="reject", route=route, code=code, reason=f"{why}; fallback disabled")
+    return Decision(action="fallback", route=route, code=code, reason=why)
 
 
 def check_specialist(
     confidence: float, supported: bool, note: str | None, route: str, policy: Policy
-) -> str | None:
-    """After the specialist: the reason to escalate its answer, or None to keep it."""
+) -> Escalation | None:
+    """After the specialist: why to escalate its answer, or None to keep it."""
     if not supported:
-        return f"specialist cannot serve this request: {note or 'unsupported'}"
+        return Escalation(
+            code="specialist_unsupported",
+            reason=f"specialist cannot serve this request: {note or 'unsupported'}",
+        )
     minimum = policy.routes[route].min_confidence
     if minimum is not None and confidence < minimum:
         extra = f" ({note})" if note else ""
-        return f"specialist confidence {confidence:.4g} < {minimum:.4g} for route {route}{extra}"
+        return Escalation(
+            code="specialist_low_confidence",
+            reason=f"specialist confidence {confidence:.4g} < {minimum:.4g} for route {route}{extra}",
+        )
     return None

@@ -20,7 +20,7 @@ from agents.fallback import FallbackAgent
 from agents.hosting import AgentPool
 from agents.langid import detect_language
 from policies import Policy
-from router.decision import Decision, check_specialist, decide
+from router.decision import Decision, Escalation, check_specialist, decide
 from router.embedder import Embedder
 from router.errors import EmptyInputError, FallbackError, InputTooLargeError
 from router.result import RouteRequest, RouteResult, TraceStep
@@ -39,7 +39,7 @@ class RouterState(TypedDict, total=False):
     scores: RouteScores
     decision: Decision
     specialist: AgentResult | None
-    escalation: str | None
+    escalation: Escalation | None
     answer: AgentResult
     degraded: bool
     result: RouteResult
@@ -118,14 +118,15 @@ class Controller:
             state["request"].route,
         )
         if decision.action == "fallback" and self.c.fallback is None:
-            decision = Decision(
-                action="reject", route=decision.route, reason=f"{decision.reason}; no fallback"
+            decision = decision.model_copy(
+                update={"action": "reject", "reason": f"{decision.reason}; no fallback"}
             )
-        return {
-            "decision": decision,
-            "escalation": decision.reason if decision.action != "specialist" else None,
-            "_info": decision.model_dump(),
-        }
+        escalation = (
+            None
+            if decision.action == "specialist"
+            else Escalation(code=decision.code, reason=decision.reason)
+        )
+        return {"decision": decision, "escalation": escalation, "_info": decision.model_dump()}
 
     def specialist(self, state: RouterState) -> dict[str, Any]:
         route = state["decision"].route
@@ -142,7 +143,7 @@ class Controller:
         except AgentError as exc:
             return {
                 "specialist": None,
-                "escalation": f"specialist failed: {exc}",
+                "escalation": Escalation(code="specialist_failed", reason=f"specialist failed: {exc}"),
                 "_info": {"agent": agent, "error": str(exc)},
             }
         return {
@@ -157,30 +158,39 @@ class Controller:
     def check(self, state: RouterState) -> dict[str, Any]:
         result = state.get("specialist")
         if result is None:
-            return {"_info": {"escalate": state.get("escalation")}}
-        reason = check_specialist(
+            failed = state.get("escalation")
+            return {"_info": {"escalate": failed.reason if failed else None}}
+        escalation = check_specialist(
             result.confidence, result.supported, result.note, state["decision"].route, self.c.policy
         )
-        if reason and self.c.fallback is not None and self.c.policy.fallback.enabled:
-            return {"escalation": reason, "_info": {"escalate": reason}}
-        return {"answer": result, "_info": {"escalate": None, "kept_despite": reason}}
+        if escalation and self.c.fallback is not None:
+            return {"escalation": escalation, "_info": {"escalate": escalation.reason}}
+        kept = escalation.reason if escalation else None
+        return {"answer": result, "_info": {"escalate": None, "kept_despite": kept}}
 
     def fallback(self, state: RouterState) -> dict[str, Any]:
         assert self.c.fallback is not None
         prompt = self.c.policy.routes[state["decision"].route].fallback_prompt
+        why = state.get("escalation")
         try:
             answer = self.c.fallback.answer(state["text"], prompt)
         except AgentError as exc:
             kept = state.get("specialist")
             if kept is None:
-                raise FallbackError(f"{exc} (needed because: {state.get('escalation')})") from exc
+                raise FallbackError(f"{exc} (needed because: {why.reason if why else '?'})") from exc
+            failed = Escalation(code="fallback_failed", reason=f"{why.reason if why else ''}; {exc}")
             return {
                 "answer": kept,
                 "degraded": True,
-                "escalation": f"{state.get('escalation')}; {exc}",
+                "escalation": failed,
                 "_info": {"error": str(exc), "kept": kept.agent},
             }
         return {"answer": answer, "_info": {"model": self.c.fallback.label}}
+
+    def after_check(self, state: RouterState) -> str:
+        """To the fallback when an escalation left no answer and there is a fallback to ask."""
+        needs = state.get("answer") is None and state.get("escalation") is not None
+        return "fallback" if needs and self.c.fallback is not None else "respond"
 
     def respond(self, state: RouterState) -> dict[str, Any]:
         decision = state["decision"]
@@ -189,11 +199,10 @@ class Controller:
         escalated = answer is not None and answer.agent == "fallback"
         if decision.action == "reject" or answer is None:
             output, by, action = "", "none", "reject"
-            reason = state.get("escalation") or decision.reason
         else:
             output, by = answer.output, answer.agent
             action = "fallback" if escalated else "specialist"
-            reason = state.get("escalation") or decision.reason
+        why = state.get("escalation") or Escalation(code=decision.code, reason=decision.reason)
         steps = [*state["trace"]]
         result = RouteResult(
             route=decision.route,
@@ -204,7 +213,8 @@ class Controller:
             confidence=round(state["scores"].probabilities.get(decision.route, 0.0), 4),
             specialist_confidence=round(specialist.confidence, 4) if specialist else None,
             escalated=escalated,
-            reason=reason,
+            reason=why.reason,
+            reason_code=why.code,
             language=state["language"],
             degraded=state.get("degraded", False),
             metadata=state["request"].metadata,
@@ -218,10 +228,6 @@ def _after_decide(state: RouterState) -> str:
     return {"specialist": "specialist", "fallback": "fallback"}.get(state["decision"].action, "respond")
 
 
-def _after_check(state: RouterState) -> str:
-    return "respond" if state.get("answer") is not None or state.get("escalation") is None else "fallback"
-
-
 def build_graph(components: Components) -> Any:
     controller = Controller(components)
     graph = StateGraph(RouterState)
@@ -233,7 +239,7 @@ def build_graph(components: Components) -> Any:
     graph.add_edge("classify", "decide")
     graph.add_conditional_edges("decide", _after_decide, ["specialist", "fallback", "respond"])
     graph.add_edge("specialist", "check")
-    graph.add_conditional_edges("check", _after_check, ["fallback", "respond"])
+    graph.add_conditional_edges("check", controller.after_check, ["fallback", "respond"])
     graph.add_edge("fallback", "respond")
     graph.add_edge("respond", END)
     return graph.compile()

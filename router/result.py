@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agents.base import AgentDetails
+from router.decision import ReasonCode
 
 
 class RouteRequest(BaseModel):
@@ -36,6 +37,7 @@ class RouteResult(BaseModel):
     specialist_confidence: float | None = Field(default=None, description="The specialist's own confidence.")
     escalated: bool
     reason: str
+    reason_code: ReasonCode = Field(description="Stable label of `reason`, for metrics and dashboards.")
     language: str
     degraded: bool = Field(
         default=False, description="True when the fallback failed and a weaker answer was kept."

@@ -182,6 +182,9 @@ class RouteIndex:
             ood=max_sim < self.ood_threshold,
         )
 
+    def example_counts(self) -> dict[str, int]:
+        return {route: int((self.labels == i).sum()) for i, route in enumerate(self.routes)}
+
     def nearest(self, vector: np.ndarray, n: int = 5) -> list[Neighbour]:
         sims = self.vectors @ vector
         idx = np.argsort(-sims)[:n]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,25 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 1
             timeout=60,
             json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
         )
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """A real uvicorn server on 127.0.0.1 in a background thread; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

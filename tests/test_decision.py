@@ -38,6 +38,7 @@ def scores(
 def test_router_threshold_boundary(default_policy: Policy, confidence: float, action: str) -> None:
     decision = decide(scores(confidence=confidence), default_policy, "en", 0.99)
     assert decision.action == action
+    assert decision.code == ("confident" if action == "specialist" else "low_confidence")
     if action == "fallback":
         assert decision.reason == "confidence 0.4999 < threshold 0.5 for route sentiment"
 
@@ -46,7 +47,7 @@ def test_margin_boundary(default_policy: Policy) -> None:
     policy = policy_with(default_policy, **{"routes.sentiment.margin": 0.2})
     assert decide(scores(margin=0.2), policy, "en", 0.99).action == "specialist"
     low = decide(scores(margin=0.19), policy, "en", 0.99)
-    assert low.action == "fallback" and "margin 0.19 < 0.2" in low.reason
+    assert low.action == "fallback" and low.code == "low_margin" and "margin 0.19 < 0.2" in low.reason
 
 
 def test_default_threshold_applies_when_route_has_none(default_policy: Policy) -> None:
@@ -59,7 +60,7 @@ def test_default_threshold_applies_when_route_has_none(default_policy: Policy) -
 
 def test_out_of_distribution_goes_to_ood_route(default_policy: Policy) -> None:
     decision = decide(scores(ood=True, max_sim=0.12), default_policy, "en", 0.99)
-    assert decision.action == "fallback" and decision.route == "other"
+    assert decision.action == "fallback" and decision.route == "other" and decision.code == "fallback_route"
     assert "out of distribution: best similarity 0.12 < 0.3" in decision.reason
 
 
@@ -92,12 +93,14 @@ def test_fallback_disabled_rejects(default_policy: Policy) -> None:
 def test_specialist_min_confidence_boundary(
     default_policy: Policy, confidence: float, escalates: bool
 ) -> None:
-    reason = check_specialist(confidence, True, None, "sentiment", default_policy)
-    assert (reason is not None) is escalates
-    if escalates:
-        assert reason == "specialist confidence 0.5499 < 0.55 for route sentiment"
+    escalation = check_specialist(confidence, True, None, "sentiment", default_policy)
+    assert (escalation is not None) is escalates
+    if escalation is not None:
+        assert escalation.code == "specialist_low_confidence"
+        assert escalation.reason == "specialist confidence 0.5499 < 0.55 for route sentiment"
 
 
 def test_unsupported_specialist_always_escalates(default_policy: Policy) -> None:
-    reason = check_specialist(1.0, False, "no local model for en→de", "translate", default_policy)
-    assert reason == "specialist cannot serve this request: no local model for en→de"
+    escalation = check_specialist(1.0, False, "no local model for en→de", "translate", default_policy)
+    assert escalation is not None and escalation.code == "specialist_unsupported"
+    assert escalation.reason == "specialist cannot serve this request: no local model for en→de"

@@ -150,7 +150,11 @@ def test_failing_specialist_escalates_without_losing_the_request(
 ) -> None:
     agents = build_agents(default_policy, router.embedder)
     agents["sentiment"] = agent  # type: ignore[assignment]
-    broken = Router(default_policy, pool=LocalPool(agents, timeout_s=0.5), embedder=router.embedder)
+    broken = Router(
+        default_policy,
+        pool=LocalPool(agents, timeout_s=0.5, max_batch_size=4, batch_wait_timeout_s=0.0),
+        embedder=router.embedder,
+    )
     result = broken.invoke(COMPLAINT)
     assert result.route == "sentiment" and result.escalated and result.answered_by == "fallback"
     assert needle in result.reason
@@ -187,3 +191,17 @@ def test_missing_model_directory_is_a_load_error(default_policy: Policy, router:
     )
     with pytest.raises(ModelLoadError, match="seq2seq model directory not found"):
         Router(bad, embedder=router.embedder)
+
+
+def test_failing_specialist_without_fallback_is_rejected(default_policy: Policy, router: Router) -> None:
+    off = policy_with(default_policy, **{"fallback.enabled": False})
+    agents = build_agents(off, router.embedder)
+    agents["sentiment"] = _Crashing()  # type: ignore[assignment]
+    broken = Router(
+        off,
+        pool=LocalPool(agents, timeout_s=5, max_batch_size=4, batch_wait_timeout_s=0.0),
+        embedder=router.embedder,
+    )
+    result = broken.invoke(COMPLAINT)
+    assert result.action == "reject" and result.reason_code == "specialist_failed"
+    assert "model file corrupted" in result.reason

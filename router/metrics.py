@@ -1,0 +1,77 @@
+"""Prometheus metrics for the service: what was routed where, what escalated and why, and how long it took."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from router.result import RouteResult
+
+# Milliseconds matter for the specialists, seconds for the fallback: one bucket set covers both.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _QueueDepth(Collector):
+    """Reads the pool's queues at scrape time, so the gauge is never stale."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "slm_router_agent_queue_depth", "Items waiting or in flight per agent", labels=["agent"]
+        )
+        for agent, depth in sorted(self.read().items()):
+            family.add_metric([agent], depth)
+        yield family
+
+
+class Metrics:
+    """One registry per app (tests build several apps in one process)."""
+
+    def __init__(self, queue_depth: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "slm_router_requests",
+            "Routed requests",
+            ["route", "action", "answered_by"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "slm_router_escalations",
+            "Requests sent to the fallback",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.errors = Counter("slm_router_errors", "Requests that failed", ["type"], registry=self.registry)
+        self.node_latency = Histogram(
+            "slm_router_node_latency_seconds",
+            "Time per controller node",
+            ["node"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "slm_router_request_latency_seconds",
+            "Time per routed request, end to end",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "slm_router_in_flight_requests", "Requests being handled", registry=self.registry
+        )
+        self.registry.register(_QueueDepth(queue_depth))
+
+    def observe(self, result: RouteResult) -> None:
+        self.requests.labels(result.route, result.action, result.answered_by).inc()
+        if result.escalated:
+            self.escalations.labels(result.route, result.reason_code).inc()
+        for step in result.trace:
+            self.node_latency.labels(step.node).observe(step.ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

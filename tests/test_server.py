@@ -1,0 +1,190 @@
+"""The HTTP service on a real uvicorn server (local pool): answers, errors as JSON, auth, metrics, OpenAI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from policies import Policy
+from policies.schema import ServerConfig
+from router.api import Router
+from router.server import ServerConfigError, create_app, resolve_api_keys
+from tests.conftest import policy_with, serving
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def base_url(default_policy: Policy, router: Router) -> Iterator[str]:
+    policy = policy_with(
+        default_policy, **{"limits.max_chars": 2000, "server.max_body_bytes": 100_000, "server.max_batch": 4}
+    )
+    service_router = Router(policy, embedder=router.embedder)
+    with serving(create_app(service_router, policy.server, {KEY})) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample, matching all given labels."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_routes_every_specialist_and_escalates_and_counts(client: httpx.Client) -> None:
+    cases = {
+        "Order #A12345 was charged $49.99 twice, refund me at jane.doe@example.com": ("extract", False),
+        "I am really angry, my package arrived broken and nobody answers my emails!": ("sentiment", False),
+        "Olá, o meu pedido ainda não chegou. Podem verificar, por favor?": ("translate", False),
+        "What is the best way to grow tomatoes on a balcony?": ("other", True),
+    }
+    before = client.get("/metrics").text
+    for text, (route, escalated) in cases.items():
+        response = client.post("/v1/route", json={"text": text})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["route"], body["escalated"]) == (route, escalated)
+        assert body["output"]
+    after = client.get("/metrics").text
+    for route, answered_by in [
+        ("extract", "extract"),
+        ("sentiment", "sentiment"),
+        ("translate", "translate"),
+    ]:
+        delta = metric(after, "slm_router_requests_total", route=route, answered_by=answered_by) - metric(
+            before, "slm_router_requests_total", route=route, answered_by=answered_by
+        )
+        assert delta == 1
+    escalations = metric(after, "slm_router_escalations_total", route="other", reason="fallback_route")
+    assert (
+        escalations - metric(before, "slm_router_escalations_total", route="other", reason="fallback_route")
+        == 1
+    )
+    assert metric(after, "slm_router_node_latency_seconds_count", node="classify") >= 4
+    assert 'slm_router_agent_queue_depth{agent="extract"}' in after
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
+def test_missing_or_wrong_key_is_401_json(base_url: str, headers: dict[str, str]) -> None:
+    response = httpx.post(f"{base_url}/v1/route", json={"text": "hello"}, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "kind", "needle"),
+    [
+        (b'{"text": "unclosed', 422, "invalid_request", "malformed JSON"),
+        (b'{"txt": "hello"}', 422, "invalid_request", "body.text: Field required"),
+        (b'{"text": ""}', 422, "invalid_input", "empty"),
+        (b'{"text": "' + b"a" * 3000 + b'"}', 413, "input_too_large", "limit is 2,000"),
+        (b'{"text": "' + b"a" * 200_000 + b'"}', 413, "body_too_large", "limit is 100000"),
+        (b'{"text": "hello there", "route": "refunds"}', 400, "unknown_route", "refunds"),
+        (b'{"text": "caf\xe9"}', 400, "invalid_request", "not valid UTF-8 JSON"),
+    ],
+)
+def test_bad_requests_are_4xx_json_without_traceback(
+    client: httpx.Client, content: bytes, status: int, kind: str, needle: str
+) -> None:
+    response = client.post("/v1/route", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == kind and needle in error["message"]
+    assert "Traceback" not in response.text and 'File "' not in response.text
+
+
+def test_unknown_path_and_method_are_json(client: httpx.Client) -> None:
+    assert client.get("/nope").json()["error"]["type"] == "http_error"
+    wrong = client.get("/v1/route")
+    assert wrong.status_code == 405 and wrong.json()["error"]["message"] == "Method Not Allowed"
+
+
+def test_batch_keeps_good_items_when_one_is_bad(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/route/batch",
+        json={
+            "requests": [
+                {"text": "Order 55120 was billed £35.50 on 2024-05-01"},
+                {"text": "   "},
+                {"text": "Quero cancelar a minha assinatura."},
+            ]
+        },
+    )
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["result"]["route"] == "extract"
+    assert results[1]["error"]["type"] == "invalid_input"
+    assert results[2]["result"]["route"] == "translate"
+    too_many = client.post("/v1/route/batch", json={"requests": [{"text": "hi"}] * 5})
+    assert too_many.status_code == 413 and too_many.json()["error"]["type"] == "batch_too_large"
+
+
+def test_official_openai_client(base_url: str) -> None:
+    from openai import NotFoundError, OpenAI
+
+    ai = OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    completion = ai.chat.completions.create(
+        model="slm-router",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "Translate to Portuguese: your refund has been approved"},
+        ],
+    )
+    assert completion.object == "chat.completion"
+    assert "reembolso" in (completion.choices[0].message.content or "")
+    extra = completion.model_extra or {}
+    assert extra["slm_router"]["route"] == "translate" and extra["slm_router"]["escalated"] is False
+    with pytest.raises(NotFoundError):
+        ai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_chat_rejects_stream_and_missing_user(client: httpx.Client) -> None:
+    streamed = client.post(
+        "/v1/chat/completions",
+        json={"model": "slm-router", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]
+    no_user = client.post(
+        "/v1/chat/completions",
+        json={"model": "slm-router", "messages": [{"role": "system", "content": "hi"}]},
+    )
+    assert no_user.status_code == 422
+
+
+def test_operations_endpoints(base_url: str, client: httpx.Client) -> None:
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{base_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["agents"] == {
+        "extract": True,
+        "sentiment": True,
+        "translate": True,
+    }
+    routes = {r["name"]: r for r in client.get("/v1/routes").json()}
+    assert routes["other"]["agent"] is None and routes["translate"]["examples"] >= 25
+    spec = httpx.get(f"{base_url}/openapi.json").json()
+    assert {"/v1/route", "/v1/route/batch", "/v1/chat/completions", "/metrics"} <= set(spec["paths"])
+    assert re.search(r"slm_router_in_flight_requests \d", client.get("/metrics").text)
+
+
+def test_api_key_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLM_ROUTER_API_KEYS", " a1, b2 ,")
+    assert resolve_api_keys(ServerConfig(), "0.0.0.0") == {"a1", "b2"}
+    monkeypatch.delenv("SLM_ROUTER_API_KEYS")
+    with pytest.raises(ServerConfigError, match="no API keys"):
+        resolve_api_keys(ServerConfig(), "127.0.0.1")
+    assert resolve_api_keys(ServerConfig(auth="disabled"), "127.0.0.1") is None
+    assert resolve_api_keys(ServerConfig(auth="disabled"), "::1") is None
+    with pytest.raises(ServerConfigError, match="not a loopback address"):
+        resolve_api_keys(ServerConfig(auth="disabled"), "0.0.0.0")
