@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test lint bench train-sentiment routes clean
+.PHONY: install install-dev demo test test-ray lint bench train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ demo: install
 test: install-dev
 	$(PY) -m pytest
 
+# Ray integration tests: one real local Ray cluster shared by the session (about a minute on 2 cores).
+test-ray: install-dev
+	$(PY) -m pytest -m ray
+
 lint: install-dev
 	$(VENV)/bin/ruff check router agents policies tests examples bench
 	$(VENV)/bin/mypy router agents policies
@@ -46,6 +50,7 @@ lint: install-dev
 bench: install-dev
 	$(PY) bench/accuracy.py --data $(DATA)
 	$(PY) bench/latency.py
+	$(PY) bench/serving.py
 
 train-sentiment: install
 	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl

@@ -119,6 +119,24 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 1
         )
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One real local Ray cluster for the whole test session; pools reuse it and leave it running."""
+    import logging
+
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()  # takes Serve with it
+
+
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 in a background thread; yields its base URL."""

@@ -5,7 +5,6 @@ Ray Serve is imported inside fixtures and tests: collecting this file in the def
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,22 +44,6 @@ class FlakyAgent:
             time.sleep(2)
         note = f"batch of {len(items)}"
         return [AgentResult(agent=self.name, output=i.text, confidence=1.0, note=note) for i in items]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One real cluster for the module; the pools reuse its session, so closing them leaves it running."""
-    started = time.monotonic()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    print(f"ray started in {time.monotonic() - started:.1f} s")
-    yield
-    ray.shutdown()  # takes Serve with it; serve.shutdown() first only adds noise from killed controller polls
 
 
 @pytest.fixture(scope="module")
