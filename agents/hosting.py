@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from agents.base import Agent, AgentError, AgentInput, AgentResult
+from agents.batching import MicroBatcher
 
 
 class AgentPool(Protocol):
@@ -74,106 +71,6 @@ def failure_message(exc: Exception) -> str:
     return f"crashed: {type(exc).__name__}: {exc}"
 
 
-@dataclass
-class _Request:
-    items: list[AgentInput]
-    future: Future[list[AgentResult]] = field(default_factory=Future)
-
-
-class _Batcher:
-    """One agent's micro-batcher: a thread merging concurrent requests into one `predict_batch` call.
-
-    A batch closes when it holds `max_batch_size` items or `wait_s` after its first request (0: take only
-    what is already queued). A request is never split, so one larger than `max_batch_size` runs alone.
-
-    A hung agent cannot be interrupted (Python threads cannot be killed): the thread stays inside that
-    call, its callers and those queued behind it time out on their own, `stuck` turns True (health), and
-    when the call returns the thread skips the requests whose callers have already given up.
-    """
-
-    def __init__(self, agent: Agent, max_batch_size: int, wait_s: float, timeout_s: float) -> None:
-        self.agent = agent
-        self.max_batch_size = max_batch_size
-        self.wait_s = wait_s
-        self.timeout_s = timeout_s
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._held: _Request | None = None  # the request that did not fit in the previous batch
-        self._lock = threading.Lock()
-        self._pending = 0
-        self._busy_since: float | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"slm-batcher-{agent.name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, items: list[AgentInput]) -> Future[list[AgentResult]]:
-        request = _Request(items)
-        with self._lock:
-            if self._closed:
-                raise AgentError(self.agent.name, "pool is closed")
-            self._pending += len(items)
-            self._queue.put(request)  # under the lock, so nothing is queued after close()'s sentinel
-        return request.future
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    @property
-    def stuck(self) -> bool:
-        since = self._busy_since
-        return since is not None and time.monotonic() - since > self.timeout_s
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closed
-
-    def close(self) -> None:
-        """Refuse new requests; the thread ends once it has run those already queued."""
-        with self._lock:
-            self._closed = True
-            self._queue.put(None)
-
-    def _loop(self) -> None:
-        while (batch := self._collect()) is not None:
-            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            self._busy_since = time.monotonic()
-            try:
-                outcomes = predict_groups(self.agent, [r.items for r in live]) if live else []
-            finally:
-                self._busy_since = None
-            for request, outcome in zip(live, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    request.future.set_exception(outcome)
-                else:
-                    request.future.set_result(outcome)
-            with self._lock:
-                self._pending -= sum(len(r.items) for r in batch)
-
-    def _collect(self) -> list[_Request] | None:
-        """The next batch, or None once the pool is closed and everything queued before that has run."""
-        first = self._held or self._queue.get()
-        self._held = None
-        if first is None:
-            return None
-        batch, size = [first], len(first.items)
-        deadline = time.monotonic() + self.wait_s
-        while size < self.max_batch_size:
-            try:
-                remaining = deadline - time.monotonic()
-                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is None:  # closing: finish this batch, stop at the next _collect
-                self._queue.put(None)
-                break
-            if size + len(nxt.items) > self.max_batch_size:
-                self._held = nxt
-                break
-            batch.append(nxt)
-            size += len(nxt.items)
-        return batch
-
-
 class LocalPool:
     """Agents in this process, each behind a micro-batcher so concurrent requests share model calls."""
 
@@ -185,8 +82,10 @@ class LocalPool:
         batch_wait_timeout_s: float = 0.002,
     ) -> None:
         self.timeout_s = timeout_s
-        self._batchers = {
-            name: _Batcher(agent, max_batch_size, batch_wait_timeout_s, timeout_s)
+        self._batchers: dict[str, MicroBatcher[AgentInput, AgentResult]] = {
+            name: MicroBatcher(
+                name, partial(predict_groups, agent), max_batch_size, batch_wait_timeout_s, timeout_s
+            )
             for name, agent in agents.items()
         }
 

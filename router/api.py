@@ -129,8 +129,10 @@ class Router(Runnable[RouterInput, RouteResult]):
         backend: Literal["local", "ray"] | None = None,
     ) -> None:
         self.policy = policy
+        self._owns_embedder = embedder is None
         self.embedder = embedder or Embedder(
-            policy.resolve(policy.router.embedder) if policy.router.embedder else None
+            policy.resolve(policy.router.embedder) if policy.router.embedder else None,
+            micro_batch=(policy.hosting.max_batch_size, policy.hosting.batch_wait_timeout_s),
         )
         self.index = RouteIndex.from_policy(policy, self.embedder)
         try:
@@ -176,6 +178,8 @@ class Router(Runnable[RouterInput, RouteResult]):
     def close(self) -> None:
         """Stop the agent pool (and the Ray deployments it started)."""
         self.pool.close()
+        if self._owns_embedder:
+            self.embedder.close()
 
     @property
     def routes(self) -> list[str]:

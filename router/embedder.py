@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.batching import MicroBatcher
 from router.errors import ModelLoadError
 
 
@@ -27,12 +28,23 @@ def packaged_model_path() -> Path:
 class Embedder:
     """sentence-transformers wrapper returning L2-normalised float32 vectors, so dot product = cosine."""
 
-    def __init__(self, model: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        micro_batch: tuple[int, float] | None = None,
+    ) -> None:
+        """`micro_batch=(max_size, wait_s)` merges concurrent `encode_one` calls into one forward pass."""
         self.model_ref = str(model) if model else str(packaged_model_path())
         self.device = device
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
+        self._batcher: MicroBatcher[str, np.ndarray] | None = None
+        if micro_batch is not None:
+            size, wait_s = micro_batch
+            self._batcher = MicroBatcher("embedder", self._encode_groups, size, wait_s, timeout_s=120.0)
 
     @property
     def name(self) -> str:
@@ -77,4 +89,21 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def encode_one(self, text: str) -> np.ndarray:
-        return self.encode([text])[0]
+        if self._batcher is None:
+            return self.encode([text])[0]
+        return self._batcher.submit([text]).result()[0]
+
+    def _encode_groups(self, groups: list[list[str]]) -> list[list[np.ndarray] | Exception]:
+        try:
+            vectors = list(self.encode([text for group in groups for text in group]))
+        except Exception as exc:  # every caller in the batch gets the same load/encode error
+            return [exc] * len(groups)
+        out: list[list[np.ndarray] | Exception] = []
+        for group in groups:
+            out.append(vectors[: len(group)])
+            vectors = vectors[len(group) :]
+        return out
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()

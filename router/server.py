@@ -4,7 +4,6 @@ Every error is a JSON body `{"error": {"type", "message", ...}}` with a 4xx/5xx 
 the server log.
 """
 
-
 import asyncio
 import ipaddress
 import logging
