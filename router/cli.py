@@ -236,10 +236,12 @@ def serve(
 @policy_app.command("validate")
 def policy_validate(file: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
     """Check a policy file; prints one line per problem, naming the field."""
+    from router.api import check_agents
     from router.routes import load_utterances
 
     try:
         policy = load_policy(file)
+        check_agents(policy)
         counts = {name: len(texts) for name, texts in load_utterances(policy).items()}
     except PolicyError as exc:
         _fail(str(exc), code=1)

@@ -59,10 +59,16 @@ def test_typo_is_an_unknown_field() -> None:
 
 
 def test_unknown_agent_and_unknown_route_reference() -> None:
+    from router.api import check_agents
+
     data = _default_dict()
     data["routes"]["extract"]["agent"] = "refunds"
-    (problem,) = _problems(data)
-    assert "unknown agent 'refunds'" in problem and "sentiment" in problem
+    data["flows"] = {"triage": {"stages": [["translate"], ["sentiment", "refundz"]]}}
+    with pytest.raises(PolicyError) as info:
+        check_agents(policy_from_dict(data, base_dir=DEFAULT_POLICY.parent))
+    first, second = info.value.problems
+    assert first.startswith("routes.extract.agent: unknown agent 'refunds'") and "sentiment" in first
+    assert second.startswith("flows.triage.stages.1.1.agent: unknown agent 'refundz'")
 
     data = _default_dict()
     data["router"]["ood_route"] = "nowhere"
