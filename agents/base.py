@@ -55,6 +55,38 @@ class FallbackOutput(BaseModel):
     redactions: int = 0
 
 
+class StepOutput(BaseModel):
+    """One step of a flow, as the merged result reports it."""
+
+    agent: str
+    output: str
+    confidence: float | None
+    escalated: bool
+    reason: str | None = None
+
+
+class FlowOutput(BaseModel):
+    kind: Literal["flow"] = "flow"
+    flow: str
+    steps: list[StepOutput]
+
+
+class TriageOutput(BaseModel):
+    """A support ticket, triaged by small models working together."""
+
+    kind: Literal["triage"] = "triage"
+    flow: str
+    language: str
+    english_text: str
+    sentiment: str | None
+    sentiment_confidence: float | None
+    entities: list[Entity]
+    priority: Literal["low", "normal", "high"]
+    queue: Literal["billing", "orders", "general"]
+    escalated_steps: list[str]
+    steps: list[StepOutput]
+
+
 class GenericOutput(BaseModel):
     """For custom agents whose output has no built-in shape."""
 
@@ -63,7 +95,13 @@ class GenericOutput(BaseModel):
 
 
 AgentDetails = Annotated[
-    SentimentOutput | ExtractionOutput | TranslationOutput | FallbackOutput | GenericOutput,
+    SentimentOutput
+    | ExtractionOutput
+    | TranslationOutput
+    | FallbackOutput
+    | FlowOutput
+    | TriageOutput
+    | GenericOutput,
     Field(discriminator="kind"),
 ]
 

@@ -73,6 +73,9 @@ class FlowStep(_Strict):
         default=0.5, description="Below it, only this step goes to the fallback."
     )
     fallback_prompt: str | None = Field(default=None, description="Task prompt when this step escalates.")
+    output_as_text: bool = Field(
+        default=False, description="The step's output becomes the text of later stages (e.g. a translation)."
+    )
 
 
 class FlowConfig(_Strict):

@@ -72,8 +72,13 @@ def with_registered_routes(policy: Policy) -> Policy:
     """Add a route for each registered agent that brought utterances and that no route serves yet."""
     served = {route.agent for route in policy.routes.values()}
     extra = {
-        reg.name: RoutePolicy(agent=reg.name, utterances=list(reg.utterances), threshold=reg.threshold,
-                              min_confidence=reg.min_confidence, fallback_prompt=reg.fallback_prompt)
+        reg.name: RoutePolicy(
+            agent=reg.name,
+            utterances=list(reg.utterances),
+            threshold=reg.threshold,
+            min_confidence=reg.min_confidence,
+            fallback_prompt=reg.fallback_prompt,
+        )
         for reg in registered_agents().values()
         if reg.utterances and reg.name not in served and reg.name not in policy.routes
     }

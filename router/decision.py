@@ -101,7 +101,7 @@ def decide(
 
 
 def _serve(route: str, policy: Policy, code: ReasonCode, why: str) -> Decision:
-    if policy.routes[route].agent is None:
+    if policy.routes[route].agent is None and policy.routes[route].flow is None:
         return _escalate(route, policy, "fallback_route", f"{why}; route {route} is served by the fallback")
     return Decision(action="specialist", route=route, code=code, reason=why)
 
@@ -113,19 +113,18 @@ def _escalate(route: str, policy: Policy, code: ReasonCode, why: str) -> Decisio
 
 
 def check_specialist(
-    confidence: float, supported: bool, note: str | None, route: str, policy: Policy
+    confidence: float, supported: bool, note: str | None, minimum: float | None, where: str
 ) -> Escalation | None:
-    """After the specialist: why to escalate its answer, or None to keep it."""
+    """After a specialist: why to escalate its answer, or None to keep it. `where` names the route/step."""
     if not supported:
         return Escalation(
             code="specialist_unsupported",
             reason=f"specialist cannot serve this request: {note or 'unsupported'}",
         )
-    minimum = policy.routes[route].min_confidence
     if minimum is not None and confidence < minimum:
         extra = f" ({note})" if note else ""
         return Escalation(
             code="specialist_low_confidence",
-            reason=f"specialist confidence {confidence:.4g} < {minimum:.4g} for route {route}{extra}",
+            reason=f"specialist confidence {confidence:.4g} < {minimum:.4g} for {where}{extra}",
         )
     return None

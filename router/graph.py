@@ -14,15 +14,18 @@ from typing import Annotated, Any, TypedDict, cast
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
 
 from agents.base import AgentError, AgentInput, AgentResult
 from agents.fallback import FallbackAgent
 from agents.hosting import AgentPool
 from agents.langid import detect_language
 from policies import Policy
+from policies.schema import FlowConfig
 from router.decision import Decision, Escalation, check_specialist, decide
 from router.embedder import Embedder
 from router.errors import EmptyInputError, FallbackError, InputTooLargeError
+from router.flows import StepResult, StepTask, merge, next_text, run_step
 from router.result import RouteRequest, RouteResult, TraceStep
 from router.routes import RouteIndex, RouteScores
 
@@ -44,6 +47,9 @@ class RouterState(TypedDict, total=False):
     degraded: bool
     result: RouteResult
     trace: Annotated[list[TraceStep], operator.add]
+    flow_stage: int
+    flow_text: str
+    flow_steps: Annotated[list[StepResult], operator.add]
 
 
 @dataclass
@@ -160,8 +166,13 @@ class Controller:
         if result is None:
             failed = state.get("escalation")
             return {"_info": {"escalate": failed.reason if failed else None}}
+        route = state["decision"].route
         escalation = check_specialist(
-            result.confidence, result.supported, result.note, state["decision"].route, self.c.policy
+            result.confidence,
+            result.supported,
+            result.note,
+            self.c.policy.routes[route].min_confidence,
+            f"route {route}",
         )
         if escalation and self.c.fallback is not None:
             return {"escalation": escalation, "_info": {"escalate": escalation.reason}}
@@ -192,7 +203,62 @@ class Controller:
         needs = state.get("answer") is None and state.get("escalation") is not None
         return "fallback" if needs and self.c.fallback is not None else "respond"
 
+    def after_decide(self, state: RouterState) -> str | list[Send]:
+        decision = state["decision"]
+        if decision.action == "specialist" and self.c.policy.routes[decision.route].flow:
+            return self._sends(state, stage=0, text=state["text"])
+        return {"specialist": "specialist", "fallback": "fallback"}.get(decision.action, "respond")
+
+    def _sends(self, state: RouterState, stage: int, text: str) -> list[Send]:
+        """Fan out one stage: every step is its own task, and LangGraph runs them concurrently."""
+        name = self.c.policy.routes[state["decision"].route].flow
+        assert name is not None
+        return [
+            Send(
+                "flow_step",
+                {"task": StepTask(flow=name, stage=stage, step=step, text=text, language=state["language"])},
+            )
+            for step in self.c.policy.flows[name].stages[stage]
+        ]
+
+    def flow_step(self, payload: dict[str, StepTask]) -> dict[str, Any]:
+        return {"flow_steps": [run_step(payload["task"], self.c.pool, self.c.fallback)]}
+
+    def flow_join(self, state: RouterState) -> dict[str, Any]:
+        """After a stage: its steps go to the trace, and a translation becomes the next stage's text."""
+        flow = self._flow(state)
+        stage = state.get("flow_stage", 0)
+        done = [r for r in state.get("flow_steps", []) if r.stage == stage]
+        text = next_text(state.get("flow_text") or state["text"], flow.stages[stage], done)
+        trace = [
+            TraceStep(
+                node=f"flow:{r.agent}",
+                ms=r.ms,
+                info={
+                    "stage": stage,
+                    "escalated": r.escalated,
+                    "reason": r.summary().reason,
+                    "confidence": r.result.confidence if r.result and not r.escalated else None,
+                },
+            )
+            for r in done
+        ]
+        return {"flow_stage": stage + 1, "flow_text": text, "trace": trace}
+
+    def after_join(self, state: RouterState) -> str | list[Send]:
+        stage = state["flow_stage"]
+        if stage < len(self._flow(state).stages):
+            return self._sends(state, stage=stage, text=state["flow_text"])
+        return "respond"
+
+    def _flow(self, state: RouterState) -> FlowConfig:
+        name = self.c.policy.routes[state["decision"].route].flow
+        assert name is not None
+        return self.c.policy.flows[name]
+
     def respond(self, state: RouterState) -> dict[str, Any]:
+        if state.get("flow_steps"):
+            return {"result": self._flow_result(state)}
         decision = state["decision"]
         answer = state.get("answer")
         specialist = state.get("specialist")
@@ -223,9 +289,43 @@ class Controller:
         )
         return {"result": result}
 
+    def _flow_result(self, state: RouterState) -> RouteResult:
+        decision = state["decision"]
+        name = self.c.policy.routes[decision.route].flow or ""
+        steps = state["flow_steps"]
+        output, record = merge(
+            name, self._flow(state), steps, state.get("flow_text") or state["text"], state["language"]
+        )
+        escalated = [s for s in steps if s.escalated or s.error]
+        first = escalated[0].escalation if escalated and escalated[0].escalation else None
+        why = decision.reason
+        if escalated:
+            why += "; escalated only " + ", ".join(f"{s.agent} ({s.summary().reason})" for s in escalated)
+        trace = [*state["trace"]]
+        return RouteResult(
+            route=decision.route,
+            action="flow",
+            output=output,
+            details=record,
+            answered_by=f"flow:{name}",
+            confidence=round(state["scores"].probabilities.get(decision.route, 0.0), 4),
+            escalated=any(s.escalated for s in steps),
+            reason=why,
+            reason_code=first.code if first else decision.code,
+            language=state["language"],
+            degraded=any(s.error for s in steps),
+            metadata=state["request"].metadata,
+            trace=trace,
+            total_ms=round(sum(t.ms for t in trace if not t.node.startswith("flow:")) + _stage_ms(steps), 3),
+        )
 
-def _after_decide(state: RouterState) -> str:
-    return {"specialist": "specialist", "fallback": "fallback"}.get(state["decision"].action, "respond")
+
+def _stage_ms(steps: list[StepResult]) -> float:
+    """Wall time of the flow: stages add up, the parallel steps of a stage overlap (the slowest counts)."""
+    per_stage: dict[int, float] = {}
+    for s in steps:
+        per_stage[s.stage] = max(per_stage.get(s.stage, 0.0), s.ms)
+    return sum(per_stage.values())
 
 
 def build_graph(components: Components) -> Any:
@@ -234,10 +334,16 @@ def build_graph(components: Components) -> Any:
     for name in ("guard", "classify", "decide", "specialist", "check", "fallback"):
         graph.add_node(name, cast(Any, _timed(name, getattr(controller, name))))
     graph.add_node("respond", controller.respond)
+    graph.add_node("flow_step", cast(Any, controller.flow_step))
+    graph.add_node("flow_join", controller.flow_join)
     graph.add_edge(START, "guard")
     graph.add_edge("guard", "classify")
     graph.add_edge("classify", "decide")
-    graph.add_conditional_edges("decide", _after_decide, ["specialist", "fallback", "respond"])
+    graph.add_conditional_edges(
+        "decide", controller.after_decide, ["specialist", "fallback", "respond", "flow_step"]
+    )
+    graph.add_edge("flow_step", "flow_join")
+    graph.add_conditional_edges("flow_join", controller.after_join, ["flow_step", "respond"])
     graph.add_edge("specialist", "check")
     graph.add_conditional_edges("check", controller.after_check, ["fallback", "respond"])
     graph.add_edge("fallback", "respond")

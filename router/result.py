@@ -29,7 +29,7 @@ class RouteResult(BaseModel):
     """One routed request: who answered, how sure each step was, and why it went where it went."""
 
     route: str
-    action: Literal["specialist", "fallback", "reject"]
+    action: Literal["specialist", "flow", "fallback", "reject"]
     output: str
     details: AgentDetails | None = None
     answered_by: str

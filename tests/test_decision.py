@@ -93,7 +93,8 @@ def test_fallback_disabled_rejects(default_policy: Policy) -> None:
 def test_specialist_min_confidence_boundary(
     default_policy: Policy, confidence: float, escalates: bool
 ) -> None:
-    escalation = check_specialist(confidence, True, None, "sentiment", default_policy)
+    minimum = default_policy.routes["sentiment"].min_confidence
+    escalation = check_specialist(confidence, True, None, minimum, "route sentiment")
     assert (escalation is not None) is escalates
     if escalation is not None:
         assert escalation.code == "specialist_low_confidence"
@@ -101,6 +102,6 @@ def test_specialist_min_confidence_boundary(
 
 
 def test_unsupported_specialist_always_escalates(default_policy: Policy) -> None:
-    escalation = check_specialist(1.0, False, "no local model for en→de", "translate", default_policy)
+    escalation = check_specialist(1.0, False, "no local model for en→de", 0.5, "route translate")
     assert escalation is not None and escalation.code == "specialist_unsupported"
     assert escalation.reason == "specialist cannot serve this request: no local model for en→de"

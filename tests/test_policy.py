@@ -26,10 +26,10 @@ def _problems(data: dict) -> list[str]:
 
 def test_default_preset_loads_with_examples_for_every_route() -> None:
     policy = load_policy(DEFAULT_POLICY)
-    assert set(policy.routes) == {"translate", "sentiment", "extract", "other"}
-    assert policy.routes["other"].agent is None
+    assert set(policy.routes) == {"translate", "sentiment", "extract", "triage", "other"}
+    assert policy.routes["other"].agent is None and policy.routes["triage"].flow == "support-triage"
     counts = {k: len(v) for k, v in load_utterances(policy).items()}
-    assert all(n >= 25 for n in counts.values()), counts
+    assert all(n >= 15 for n in counts.values()), counts
 
 
 def test_threshold_out_of_range_names_field_and_bound() -> None:
@@ -63,12 +63,12 @@ def test_unknown_agent_and_unknown_route_reference() -> None:
 
     data = _default_dict()
     data["routes"]["extract"]["agent"] = "refunds"
-    data["flows"] = {"triage": {"stages": [["translate"], ["sentiment", "refundz"]]}}
+    data["flows"]["extra"] = {"stages": [["translate"], ["sentiment", "refundz"]]}
     with pytest.raises(PolicyError) as info:
         check_agents(policy_from_dict(data, base_dir=DEFAULT_POLICY.parent))
     first, second = info.value.problems
     assert first.startswith("routes.extract.agent: unknown agent 'refunds'") and "sentiment" in first
-    assert second.startswith("flows.triage.stages.1.1.agent: unknown agent 'refundz'")
+    assert second.startswith("flows.extra.stages.1.1.agent: unknown agent 'refundz'")
 
     data = _default_dict()
     data["router"]["ood_route"] = "nowhere"
