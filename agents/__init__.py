@@ -3,6 +3,7 @@
 from agents.base import Agent, AgentError, AgentInput, AgentResult
 from agents.extraction import ExtractionAgent
 from agents.hosting import AgentPool, LocalPool
+from agents.registry import register_agent
 from agents.sentiment import SentimentAgent
 from agents.translation import TranslationAgent
 
@@ -16,4 +17,5 @@ __all__ = [
     "LocalPool",
     "SentimentAgent",
     "TranslationAgent",
+    "register_agent",
 ]
