@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,17 @@ from router.result import RouteRequest, RouteResult
 from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
 
 RouterInput = str | bytes | RouteRequest | dict[str, Any]
+
+
+class RouteEvent(BaseModel):
+    """Progress of one request, node by node: `node` (a step finished), `escalation` (the fallback is about
+    to be asked, and why), and finally `result`."""
+
+    event: Literal["node", "escalation", "result"]
+    node: str | None = None
+    ms: float | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+    result: RouteResult | None = None
 
 
 class Routing(BaseModel):
@@ -148,6 +159,28 @@ def build_pool(policy: Policy, embedder: Embedder, backend: str | None = None) -
         max_batch_size=hosting.max_batch_size,
         batch_wait_timeout_s=hosting.batch_wait_timeout_s,
     )
+
+
+def _events(node: str, change: dict[str, Any]) -> list[RouteEvent]:
+    if node == "respond":
+        return [RouteEvent(event="result", node=node, result=change["result"])]
+    events = [
+        RouteEvent(
+            event="node",
+            node=f"flow:{s.agent}",
+            ms=s.ms,
+            info={"stage": s.stage, "escalated": s.escalated, "reason": s.summary().reason},
+        )
+        for s in change.get("flow_steps", [])
+    ]
+    if node != "flow_join":  # its trace repeats the flow steps already reported
+        events += [
+            RouteEvent(event="node", node=t.node, ms=t.ms, info=t.info) for t in change.get("trace", [])
+        ]
+    escalation = change.get("escalation")
+    if escalation is not None:
+        events.append(RouteEvent(event="escalation", node=node, info=escalation.model_dump()))
+    return events
 
 
 def coerce_request(value: RouterInput) -> RouteRequest:
@@ -270,6 +303,16 @@ class Router(Runnable[RouterInput, RouteResult]):
                 clean, languages, self.index.score_many(vectors), vectors, strict=True
             )
         ]
+
+    async def astream_progress(
+        self, input: RouterInput, config: RunnableConfig | None = None
+    ) -> AsyncIterator[RouteEvent]:
+        """Yield `RouteEvent`s as the graph runs (`astream_events` also works, with LangChain's events)."""
+        state = {"request": coerce_request(input), "trace": []}
+        async for update in self.graph.astream(state, config=config, stream_mode="updates"):
+            for node, change in update.items():
+                for event in _events(node, change or {}):
+                    yield event
 
     def explain(self, text: str, neighbours: int = 5) -> Explanation:
         """Scores per route, nearest examples and the decision, without calling any agent."""

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -286,6 +286,33 @@ def create_app(
     async def route(request: RouteRequest) -> RouteResult:
         """Route one message; the result says who answered, how sure each step was and why."""
         return await route_one(request, "route")
+
+    @app.post(
+        "/v1/route/stream",
+        dependencies=protected,
+        tags=["routing"],
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def route_stream(request: RouteRequest) -> StreamingResponse:
+        """Server-sent events as the request moves through the graph: `node`, `escalation`, then `result`
+        (a `RouteResult`), or `error` with the same body as the non-streaming errors."""
+
+        async def events() -> AsyncIterator[str]:
+            metrics.in_flight.inc()
+            try:
+                async for event in router.astream_progress(request):
+                    if event.result is not None:
+                        metrics.observe(event.result)
+                    yield f"event: {event.event}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
+            except Exception as exc:  # the status line is already sent: the error becomes the last event
+                _, kind, message = classify_error(exc)
+                metrics.errors.labels(kind).inc()
+                body = ErrorBody(type=kind, message=message).model_dump_json(exclude_none=True)
+                yield f'event: error\ndata: {{"error": {body}}}\n\n'
+            finally:
+                metrics.in_flight.dec()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/route/batch", response_model=BatchResponse, dependencies=protected, tags=["routing"])
     async def route_batch(batch: BatchRequest) -> BatchResponse | JSONResponse:

@@ -188,3 +188,19 @@ def test_api_key_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_api_keys(ServerConfig(auth="disabled"), "::1") is None
     with pytest.raises(ServerConfigError, match="not a loopback address"):
         resolve_api_keys(ServerConfig(auth="disabled"), "0.0.0.0")
+
+
+def test_server_sent_events(client: httpx.Client) -> None:
+    from tests.test_streaming import parse_sse
+
+    with client.stream(
+        "POST", "/v1/route/stream", json={"text": "Order #A12345 was charged twice"}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse(response.read().decode())
+    assert [name for name, _ in events][:3] == ["node", "node", "node"]
+    assert events[-1][0] == "result" and events[-1][1]["result"]["route"] == "extract"
+    with client.stream("POST", "/v1/route/stream", json={"text": "   "}) as response:
+        failed = parse_sse(response.read().decode())
+    assert failed[-1][0] == "error" and failed[-1][1]["error"]["type"] == "invalid_input"
