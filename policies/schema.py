@@ -123,6 +123,9 @@ class RouterConfig(_Strict):
         default=0.3, description="Best cosine similarity below this marks the request out of distribution."
     )
     ood_route: str = Field(default="other", description="Route that takes out-of-distribution requests.")
+    multi_intent: bool = Field(
+        default=True, description="Split requests that ask for several things and run every route they need."
+    )
 
 
 class LanguagePolicy(_Strict):

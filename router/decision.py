@@ -13,6 +13,7 @@ from router.routes import RouteScores
 Action = Literal["specialist", "fallback", "reject"]
 ReasonCode = Literal[
     "forced",
+    "multi_intent",
     "language",
     "ood",
     "fallback_route",

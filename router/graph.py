@@ -26,6 +26,7 @@ from router.decision import Decision, Escalation, check_specialist, decide
 from router.embedder import Embedder
 from router.errors import EmptyInputError, FallbackError, InputTooLargeError
 from router.flows import StepResult, StepTask, merge, next_text, run_step
+from router.intents import MultiIntent, as_flow, detect
 from router.result import RouteRequest, RouteResult, TraceStep
 from router.routes import RouteIndex, RouteScores
 
@@ -47,6 +48,9 @@ class RouterState(TypedDict, total=False):
     degraded: bool
     result: RouteResult
     trace: Annotated[list[TraceStep], operator.add]
+    multi: MultiIntent | None
+    flow: FlowConfig
+    flow_name: str
     flow_stage: int
     flow_text: str
     flow_steps: Annotated[list[StepResult], operator.add]
@@ -102,10 +106,16 @@ class Controller:
     def classify(self, state: RouterState) -> dict[str, Any]:
         embedding = self.c.embedder.encode_one(state["text"])
         scores = self.c.index.score(embedding)
+        policy = self.c.policy
+        multi = None
+        if policy.router.multi_intent and state["request"].route is None:
+            multi = detect(state["text"], policy, self.c.index, self.c.embedder)
         return {
             "embedding": embedding,
             "scores": scores,
+            "multi": multi,
             "_info": {
+                "multi_intent": multi.describe() if multi else None,
                 "top": scores.top,
                 "confidence": round(scores.confidence, 4),
                 "margin": round(scores.margin, 4),
@@ -132,7 +142,33 @@ class Controller:
             if decision.action == "specialist"
             else Escalation(code=decision.code, reason=decision.reason)
         )
-        return {"decision": decision, "escalation": escalation, "_info": decision.model_dump()}
+        update: dict[str, Any] = {
+            "decision": decision,
+            "escalation": escalation,
+            "_info": decision.model_dump(),
+        }
+        multi = state.get("multi")
+        flow_name = (
+            self.c.policy.routes[decision.route].flow if decision.route in self.c.policy.routes else None
+        )
+        if multi is not None and decision.action != "reject":
+            decision = Decision(
+                action="specialist", route=multi.route, code="multi_intent", reason=multi.describe()
+            )
+            update |= {
+                "decision": decision,
+                "flow": as_flow(multi, self.c.policy),
+                "flow_name": "multi-intent",
+                "flow_text": multi.payload,
+                "_info": decision.model_dump(),
+            }
+        elif flow_name and decision.action == "specialist":
+            update |= {
+                "flow": self.c.policy.flows[flow_name],
+                "flow_name": flow_name,
+                "flow_text": state["text"],
+            }
+        return update
 
     def specialist(self, state: RouterState) -> dict[str, Any]:
         route = state["decision"].route
@@ -205,20 +241,19 @@ class Controller:
 
     def after_decide(self, state: RouterState) -> str | list[Send]:
         decision = state["decision"]
-        if decision.action == "specialist" and self.c.policy.routes[decision.route].flow:
-            return self._sends(state, stage=0, text=state["text"])
+        if decision.action == "specialist" and state.get("flow") is not None:
+            return self._sends(state, stage=0, text=state["flow_text"])
         return {"specialist": "specialist", "fallback": "fallback"}.get(decision.action, "respond")
 
     def _sends(self, state: RouterState, stage: int, text: str) -> list[Send]:
         """Fan out one stage: every step is its own task, and LangGraph runs them concurrently."""
-        name = self.c.policy.routes[state["decision"].route].flow
-        assert name is not None
+        name, language = state["flow_name"], state["language"]
         return [
             Send(
                 "flow_step",
-                {"task": StepTask(flow=name, stage=stage, step=step, text=text, language=state["language"])},
+                {"task": StepTask(flow=name, stage=stage, step=step, text=text, language=language)},
             )
-            for step in self.c.policy.flows[name].stages[stage]
+            for step in state["flow"].stages[stage]
         ]
 
     def flow_step(self, payload: dict[str, StepTask]) -> dict[str, Any]:
@@ -252,9 +287,7 @@ class Controller:
         return "respond"
 
     def _flow(self, state: RouterState) -> FlowConfig:
-        name = self.c.policy.routes[state["decision"].route].flow
-        assert name is not None
-        return self.c.policy.flows[name]
+        return state["flow"]
 
     def respond(self, state: RouterState) -> dict[str, Any]:
         if state.get("flow_steps"):
@@ -291,8 +324,14 @@ class Controller:
 
     def _flow_result(self, state: RouterState) -> RouteResult:
         decision = state["decision"]
-        name = self.c.policy.routes[decision.route].flow or ""
+        name = state["flow_name"]
         steps = state["flow_steps"]
+        multi = state.get("multi")
+        confidence = (
+            multi.confidence
+            if decision.code == "multi_intent" and multi
+            else state["scores"].probabilities.get(decision.route, 0.0)
+        )
         output, record = merge(
             name, self._flow(state), steps, state.get("flow_text") or state["text"], state["language"]
         )
@@ -308,7 +347,7 @@ class Controller:
             output=output,
             details=record,
             answered_by=f"flow:{name}",
-            confidence=round(state["scores"].probabilities.get(decision.route, 0.0), 4),
+            confidence=round(confidence, 4),
             escalated=any(s.escalated for s in steps),
             reason=why,
             reason_code=first.code if first else decision.code,
