@@ -19,6 +19,7 @@ from agents.redaction import Redactor
 from policies.schema import FallbackConfig
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+_TURN_SEPARATOR = "\n\u241e\n"  # SYMBOL FOR RECORD SEPARATOR: never in user text, survives redaction
 
 
 def packaged_gguf_path() -> Path:
@@ -145,12 +146,20 @@ class FallbackAgent:
         self.system_prompt = system_prompt
         self.redactor = redactor
 
-    def answer(self, text: str, task_prompt: str | None = None) -> AgentResult:
-        redaction = self.redactor.redact(text) if self.redactor else None
-        sent = redaction.text if redaction else text
+    def answer(
+        self, text: str, task_prompt: str | None = None, history: list[tuple[str, str]] | None = None
+    ) -> AgentResult:
+        """`history`: earlier (user, assistant) turns of the conversation, oldest first."""
+        turns = [part for pair in history or [] for part in pair] + [text]
+        # One redaction over the whole transcript, so a value keeps the same placeholder in every turn.
+        joined = _TURN_SEPARATOR.join(turns)
+        redaction = self.redactor.redact(joined) if self.redactor else None
+        sent = (redaction.text if redaction else joined).split(_TURN_SEPARATOR)
         system = self.system_prompt if not task_prompt else f"{self.system_prompt}\n{task_prompt}"
+        messages: list[BaseMessage] = [SystemMessage(content=system)]
+        messages += [(HumanMessage if i % 2 == 0 else AIMessage)(content=part) for i, part in enumerate(sent)]
         try:
-            reply = self.chat_model.invoke([SystemMessage(content=system), HumanMessage(content=sent)])
+            reply = self.chat_model.invoke(messages)
         except AgentError:
             raise
         except Exception as exc:  # providers raise their own types: connection, timeout, auth

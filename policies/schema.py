@@ -282,6 +282,20 @@ class ServerConfig(_Strict):
     max_batch: int = Field(default=64, ge=1, description="Most requests in one /v1/route/batch call.")
 
 
+class MemoryConfig(_Strict):
+    """Per-conversation memory (requests that carry a `conversation_id`), kept by a LangGraph checkpointer."""
+
+    backend: Literal["memory", "sqlite"] = Field(default="memory", description="memory: lost on restart.")
+    path: str | None = Field(default=None, description="SQLite file for backend sqlite (relative to the policy).")
+    turns: int = Field(default=5, ge=1, le=100, description="How many earlier turns are kept per conversation.")
+
+    @model_validator(mode="after")
+    def _sqlite_needs_path(self) -> MemoryConfig:
+        if self.backend == "sqlite" and not self.path:
+            raise ValueError("backend 'sqlite' needs `path` (a file for the conversations)")
+        return self
+
+
 class Policy(_Strict):
     """A complete router configuration (see policies/presets/default.yaml)."""
 
@@ -296,6 +310,7 @@ class Policy(_Strict):
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
     hosting: HostingConfig = Field(default_factory=HostingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     base_dir: Path | None = Field(default=None, exclude=True, description="Where relative paths resolve.")
 
     @field_validator("routes")

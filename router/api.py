@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.base import Agent, AgentError
@@ -24,7 +28,7 @@ from policies import Policy, PolicyError, RoutePolicy, load_policy
 from router.decision import Decision, decide
 from router.embedder import Embedder
 from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadError
-from router.graph import Components, RouterState, build_graph, normalise
+from router.graph import Components, RouterState, build_graph, fresh_state, normalise
 from router.result import RouteRequest, RouteResult
 from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
 
@@ -161,6 +165,70 @@ def build_pool(policy: Policy, embedder: Embedder, backend: str | None = None) -
     )
 
 
+def _checkpointer(policy: Policy) -> Any:
+    """Memory or SQLite; its serializer may only rebuild our own state types (no arbitrary classes)."""
+    import agents.base
+    import policies.schema
+    import router.decision
+    import router.flows
+    import router.graph
+    import router.intents
+    import router.result
+    import router.routes
+
+    modules = (
+        agents.base,
+        policies.schema,
+        router.decision,
+        router.flows,
+        router.graph,
+        router.intents,
+        router.result,
+        router.routes,
+    )
+    allowed = [
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
+    ]
+    serde = JsonPlusSerializer(allowed_msgpack_modules=allowed)
+    memory = policy.memory
+    if memory.backend == "memory":
+        return InMemorySaver(serde=serde)
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = policy.resolve(memory.path or "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serde)
+
+
+async def _in_thread(produce: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Drive a synchronous generator on one worker thread, handing its items to the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def run() -> None:
+        try:
+            for item in produce():
+                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        except BaseException as exc:  # re-raised in the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+    worker = asyncio.create_task(asyncio.to_thread(run))
+    while True:
+        kind, value = await queue.get()
+        if kind == "item":
+            yield value
+        elif kind == "error":
+            await worker
+            raise value
+        else:
+            await worker
+            return
+
+
 def _events(node: str, change: dict[str, Any]) -> list[RouteEvent]:
     if node == "respond":
         return [RouteEvent(event="result", node=node, result=change["result"])]
@@ -226,7 +294,9 @@ class Router(Runnable[RouterInput, RouteResult]):
         except AgentError as exc:  # e.g. a seq2seq directory in the policy that does not exist
             raise ModelLoadError(str(exc)) from exc
         self.fallback = self._build_fallback(policy, extractor)
-        self.graph = build_graph(Components(policy, self.embedder, self.index, self.pool, self.fallback))
+        components = Components(policy, self.embedder, self.index, self.pool, self.fallback)
+        self.graph = build_graph(components)
+        self.memory_graph = build_graph(components, _checkpointer(policy))  # requests with a conversation_id
 
     @classmethod
     def from_policy(cls, policy: str | Path | Policy | None = None, **kwargs: Any) -> Router:
@@ -270,16 +340,29 @@ class Router(Runnable[RouterInput, RouteResult]):
     def routes(self) -> list[str]:
         return list(self.policy.routes)
 
+    def _target(
+        self, request: RouteRequest, config: RunnableConfig | None
+    ) -> tuple[Any, RunnableConfig | None]:
+        """The plain graph, or the one with memory, keyed by conversation id (LangGraph's thread id)."""
+        if request.conversation_id is None:
+            return self.graph, config
+        merged: RunnableConfig = {**(config or {})}
+        merged["configurable"] = {**merged.get("configurable", {}), "thread_id": request.conversation_id}
+        return self.memory_graph, merged
+
     def invoke(self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any) -> RouteResult:
-        state: RouterState = self.graph.invoke({"request": coerce_request(input), "trace": []}, config=config)
+        request = coerce_request(input)
+        graph, conf = self._target(request, config)
+        state: RouterState = graph.invoke(fresh_state(request), config=conf)
         return state["result"]
 
     async def ainvoke(
         self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> RouteResult:
-        state: RouterState = await self.graph.ainvoke(
-            {"request": coerce_request(input), "trace": []}, config=config
-        )
+        request = coerce_request(input)
+        if request.conversation_id is not None:  # the SQLite checkpointer is synchronous
+            return await asyncio.to_thread(self.invoke, request, config)
+        state: RouterState = await self.graph.ainvoke(fresh_state(request), config=config)
         return state["result"]
 
     def decide_many(self, texts: list[str]) -> list[Routing]:
@@ -308,8 +391,14 @@ class Router(Runnable[RouterInput, RouteResult]):
         self, input: RouterInput, config: RunnableConfig | None = None
     ) -> AsyncIterator[RouteEvent]:
         """Yield `RouteEvent`s as the graph runs (`astream_events` also works, with LangChain's events)."""
-        state = {"request": coerce_request(input), "trace": []}
-        async for update in self.graph.astream(state, config=config, stream_mode="updates"):
+        request = coerce_request(input)
+        graph, conf = self._target(request, config)
+        updates = (
+            self.graph.astream(fresh_state(request), config=conf, stream_mode="updates")
+            if request.conversation_id is None
+            else _in_thread(lambda: graph.stream(fresh_state(request), config=conf, stream_mode="updates"))
+        )
+        async for update in updates:
             for node, change in update.items():
                 for event in _events(node, change or {}):
                     yield event

@@ -5,7 +5,7 @@ Every node appends one timed `TraceStep`, so a result explains itself.
 
 from __future__ import annotations
 
-import operator
+import re
 import time
 import unicodedata
 from collections.abc import Callable
@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypedDict, cast
 import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
+from pydantic import BaseModel
 
 from agents.base import AgentError, AgentInput, AgentResult
 from agents.fallback import FallbackAgent
@@ -34,6 +35,24 @@ _CONTROL = {"Cc", "Cf"}
 _KEEP = {"\n", "\t"}
 
 
+def _append_or_reset(old: list[Any] | None, new: list[Any] | None) -> list[Any]:
+    """Nodes append; a new request sends None to start afresh (conversation state outlives a request)."""
+    return [] if new is None else [*(old or []), *new]
+
+
+class Turn(BaseModel):
+    """One earlier exchange of a conversation."""
+
+    text: str
+    route: str
+    output: str
+
+
+FOLLOW_UP = re.compile(
+    r"^\s*(and|also|what about|how about|same|it|that|this one|the other)\b", re.IGNORECASE
+)
+
+
 class RouterState(TypedDict, total=False):
     request: RouteRequest
     text: str
@@ -47,13 +66,14 @@ class RouterState(TypedDict, total=False):
     answer: AgentResult
     degraded: bool
     result: RouteResult
-    trace: Annotated[list[TraceStep], operator.add]
+    trace: Annotated[list[TraceStep], _append_or_reset]
+    history: list[Turn]
     multi: MultiIntent | None
     flow: FlowConfig
     flow_name: str
     flow_stage: int
     flow_text: str
-    flow_steps: Annotated[list[StepResult], operator.add]
+    flow_steps: Annotated[list[StepResult], _append_or_reset]
 
 
 @dataclass
@@ -76,6 +96,24 @@ def normalise(text: str, max_chars: int) -> str:
     if not text:
         raise EmptyInputError("text is empty or only whitespace/control characters")
     return text
+
+
+def fresh_state(request: RouteRequest) -> dict[str, Any]:
+    """The input of one request: every per-request key is reset, the conversation `history` is kept."""
+    return {
+        "request": request,
+        "trace": None,
+        "flow_steps": None,
+        "specialist": None,
+        "escalation": None,
+        "answer": None,
+        "degraded": False,
+        "multi": None,
+        "flow": None,
+        "flow_name": "",
+        "flow_stage": 0,
+        "flow_text": "",
+    }
 
 
 def _timed(name: str, fn: Callable[[RouterState], dict[str, Any]]) -> Callable[[RouterState], dict[str, Any]]:
@@ -107,6 +145,9 @@ class Controller:
         embedding = self.c.embedder.encode_one(state["text"])
         scores = self.c.index.score(embedding)
         policy = self.c.policy
+        context = self._with_context(state, scores)
+        if context is not None:
+            scores = context
         multi = None
         if policy.router.multi_intent and state["request"].route is None:
             multi = detect(state["text"], policy, self.c.index, self.c.embedder)
@@ -115,6 +156,7 @@ class Controller:
             "scores": scores,
             "multi": multi,
             "_info": {
+                "used_context": context is not None,
                 "multi_intent": multi.describe() if multi else None,
                 "top": scores.top,
                 "confidence": round(scores.confidence, 4),
@@ -124,6 +166,21 @@ class Controller:
                 "probabilities": scores.probabilities,
             },
         }
+
+    def _with_context(self, state: RouterState, scores: RouteScores) -> RouteScores | None:
+        """A follow-up ("and what about my other order?") is scored together with the previous turn; the
+        context wins when it is confident and the message alone is not, or reads as a follow-up."""
+        history = state.get("history") or []
+        if not history:
+            return None
+        text = state["text"]
+        alone_ok = not scores.ood and scores.confidence >= self.c.policy.threshold(scores.top)
+        if alone_ok and not FOLLOW_UP.match(text):
+            return None
+        joined = self.c.index.score(self.c.embedder.encode_one(f"{history[-1].text}\n{text}"))
+        if joined.ood or joined.confidence < self.c.policy.threshold(joined.top):
+            return None
+        return joined
 
     def decide(self, state: RouterState) -> dict[str, Any]:
         decision = decide(
@@ -220,7 +277,8 @@ class Controller:
         prompt = self.c.policy.routes[state["decision"].route].fallback_prompt
         why = state.get("escalation")
         try:
-            answer = self.c.fallback.answer(state["text"], prompt)
+            history = [(t.text, t.output) for t in state.get("history") or []]
+            answer = self.c.fallback.answer(state["text"], prompt, history)
         except AgentError as exc:
             kept = state.get("specialist")
             if kept is None:
@@ -290,8 +348,12 @@ class Controller:
         return state["flow"]
 
     def respond(self, state: RouterState) -> dict[str, Any]:
-        if state.get("flow_steps"):
-            return {"result": self._flow_result(state)}
+        result = self._flow_result(state) if state.get("flow_steps") else self._result(state)
+        turn = Turn(text=state["text"], route=result.route, output=result.output)
+        history = [*(state.get("history") or []), turn][-self.c.policy.memory.turns :]
+        return {"result": result, "history": history}
+
+    def _result(self, state: RouterState) -> RouteResult:
         decision = state["decision"]
         answer = state.get("answer")
         specialist = state.get("specialist")
@@ -320,7 +382,7 @@ class Controller:
             trace=steps,
             total_ms=round(sum(s.ms for s in steps), 3),
         )
-        return {"result": result}
+        return result
 
     def _flow_result(self, state: RouterState) -> RouteResult:
         decision = state["decision"]
@@ -367,7 +429,8 @@ def _stage_ms(steps: list[StepResult]) -> float:
     return sum(per_stage.values())
 
 
-def build_graph(components: Components) -> Any:
+def build_graph(components: Components, checkpointer: Any = None) -> Any:
+    """The controller graph; with a checkpointer, state (the conversation `history`) persists per thread."""
     controller = Controller(components)
     graph = StateGraph(RouterState)
     for name in ("guard", "classify", "decide", "specialist", "check", "fallback"):
@@ -387,4 +450,4 @@ def build_graph(components: Components) -> Any:
     graph.add_conditional_edges("check", controller.after_check, ["fallback", "respond"])
     graph.add_edge("fallback", "respond")
     graph.add_edge("respond", END)
-    return graph.compile()
+    return graph.compile(checkpointer=checkpointer)

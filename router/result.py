@@ -13,6 +13,9 @@ from router.decision import ReasonCode
 class RouteRequest(BaseModel):
     text: str
     route: str | None = Field(default=None, description="Force this route (skips the router's choice).")
+    conversation_id: str | None = Field(
+        default=None, max_length=200, description="Earlier turns of this conversation help route follow-ups."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Passed to the agent, e.g. target_language."
     )
