@@ -29,7 +29,9 @@ class MicroBatcher(Generic[T, R]):
     exception for that caller alone.
 
     A batch closes when it holds `max_batch_size` items or `wait_s` after its first request (0: take only
-    what is already queued). A request is never split, so one larger than `max_batch_size` runs alone.
+    what is already queued); it waits only while the previous batch merged several callers, so a lone
+    request at low traffic does not pay `wait_s`. A request is never split, so one larger than
+    `max_batch_size` runs alone.
 
     A hung agent cannot be interrupted (Python threads cannot be killed): the thread stays inside that
     call, its callers and those queued behind it time out on their own, `stuck` turns True (health), and
@@ -51,6 +53,7 @@ class MicroBatcher(Generic[T, R]):
         self.timeout_s = timeout_s
         self._queue: queue.SimpleQueue[_Request[T, R] | None] = queue.SimpleQueue()
         self._held: _Request[T, R] | None = None  # the request that did not fit in the previous batch
+        self._last_batch = 1
         self._lock = threading.Lock()
         self._pending = 0
         self._busy_since: float | None = None
@@ -109,7 +112,9 @@ class MicroBatcher(Generic[T, R]):
         if first is None:
             return None
         batch, size = [first], len(first.items)
-        deadline = time.monotonic() + self.wait_s
+        # Adaptive: wait for company only while there is load (the last batch merged several callers);
+        # a lone request at low traffic goes straight through instead of paying `wait_s`.
+        deadline = time.monotonic() + (self.wait_s if self._last_batch > 1 else 0.0)
         while size < self.max_batch_size:
             try:
                 remaining = deadline - time.monotonic()
@@ -124,4 +129,5 @@ class MicroBatcher(Generic[T, R]):
                 break
             batch.append(nxt)
             size += len(nxt.items)
+        self._last_batch = len(batch)
         return batch

@@ -27,7 +27,7 @@ from router.decision import Decision, Escalation, check_specialist, decide
 from router.embedder import Embedder
 from router.errors import EmptyInputError, FallbackError, InputTooLargeError
 from router.flows import StepResult, StepTask, merge, next_text, run_step
-from router.intents import MultiIntent, as_flow, detect
+from router.intents import MultiIntent, as_flow, detect, split_request
 from router.result import RouteRequest, RouteResult, TraceStep
 from router.routes import RouteIndex, RouteScores
 
@@ -142,15 +142,23 @@ class Controller:
         }
 
     def classify(self, state: RouterState) -> dict[str, Any]:
-        embedding = self.c.embedder.encode_one(state["text"])
-        scores = self.c.index.score(embedding)
         policy = self.c.policy
+        text = state["text"]
+        clauses, payload = (
+            split_request(text) if policy.router.multi_intent and not state["request"].route else ([], text)
+        )
+        if len(clauses) >= 2:  # the clauses ride along in the request's own forward pass
+            vectors = self.c.embedder.encode([text, *clauses])
+            embedding, clause_vectors = vectors[0], vectors[1:]
+        else:
+            embedding, clause_vectors = self.c.embedder.encode_one(text), None
+        scores = self.c.index.score(embedding)
+        multi = (
+            None if clause_vectors is None else detect(clauses, payload, clause_vectors, policy, self.c.index)
+        )
         context = self._with_context(state, scores)
         if context is not None:
             scores = context
-        multi = None
-        if policy.router.multi_intent and state["request"].route is None:
-            multi = detect(state["text"], policy, self.c.index, self.c.embedder)
         return {
             "embedding": embedding,
             "scores": scores,

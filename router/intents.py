@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from pydantic import BaseModel
 
 from agents.translation import parse_request
 from policies import Policy
 from policies.schema import FlowConfig, FlowStep
-from router.embedder import Embedder
 from router.routes import RouteIndex
 
 _SPLIT = re.compile(r"\s*(?:,?\s+and\s+(?:also\s+)?|,?\s+also\s+|,?\s+then\s+|;\s*|(?<=[.!?])\s+)", re.I)
@@ -54,12 +54,14 @@ def split_request(text: str) -> tuple[list[str], str]:
     return [c for c in clauses if len(c.split()) >= 2], payload
 
 
-def detect(text: str, policy: Policy, index: RouteIndex, embedder: Embedder) -> MultiIntent | None:
-    clauses, payload = split_request(text)
+def detect(
+    clauses: list[str], payload: str, vectors: np.ndarray, policy: Policy, index: RouteIndex
+) -> MultiIntent | None:
+    """`vectors` are the clauses' embeddings (computed with the request's own, in one forward pass)."""
     if len(clauses) < 2:
         return None
     found: dict[str, Intent] = {}
-    for clause, scores in zip(clauses, index.score_many(embedder.encode(clauses)), strict=True):
+    for clause, scores in zip(clauses, index.score_many(vectors), strict=True):
         route = policy.routes[scores.top]
         if route.agent and not scores.ood and scores.confidence >= policy.threshold(scores.top):
             found.setdefault(
