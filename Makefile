@@ -50,6 +50,7 @@ lint: install-dev
 bench: install-dev
 	$(PY) bench/accuracy.py --data $(DATA)
 	$(PY) bench/latency.py
+	$(PY) bench/triage.py
 	$(PY) bench/serving.py
 
 train-sentiment: install

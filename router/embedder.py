@@ -89,9 +89,13 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def encode_one(self, text: str) -> np.ndarray:
+        return self.encode_shared([text])[0]
+
+    def encode_shared(self, texts: list[str]) -> np.ndarray:
+        """A few texts of one request, sharing the forward pass of other concurrent requests."""
         if self._batcher is None:
-            return self.encode([text])[0]
-        return self._batcher.submit([text]).result()[0]
+            return self.encode(texts)
+        return np.stack(self._batcher.submit(texts).result())
 
     def _encode_groups(self, groups: list[list[str]]) -> list[list[np.ndarray] | Exception]:
         try:

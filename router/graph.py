@@ -147,8 +147,13 @@ class Controller:
         clauses, payload = (
             split_request(text) if policy.router.multi_intent and not state["request"].route else ([], text)
         )
+        if len(clauses) >= 2 and detect_language(" ".join(clauses))[0] not in (
+            *policy.languages.native,
+            "und",
+        ):
+            clauses = []  # an instruction in another language: the embedder reads English
         if len(clauses) >= 2:  # the clauses ride along in the request's own forward pass
-            vectors = self.c.embedder.encode([text, *clauses])
+            vectors = self.c.embedder.encode_shared([text, *clauses])
             embedding, clause_vectors = vectors[0], vectors[1:]
         else:
             embedding, clause_vectors = self.c.embedder.encode_one(text), None

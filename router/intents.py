@@ -1,9 +1,9 @@
 """Multi-intent requests: "translate this and tell me how angry the customer is: ...".
 
-Detection is per-clause routing: the instruction is split into clauses at "and", "also", "then", ";" and
-sentence ends, each clause is embedded and scored like a request, and when two or more clauses route
-confidently to different specialist routes, all of them run (as a flow). `router.multi_intent: false`
-turns it off.
+Detection is per-clause routing: the instruction is split into clauses at "and", "also", "then" and ";"
+(when the instruction is in a native language), each clause is embedded and scored like a request, and
+when two or more clauses route confidently to different specialist routes, all of them run (as a flow).
+`router.multi_intent: false` turns it off.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from policies import Policy
 from policies.schema import FlowConfig, FlowStep
 from router.routes import RouteIndex
 
-_SPLIT = re.compile(r"\s*(?:,?\s+and\s+(?:also\s+)?|,?\s+also\s+|,?\s+then\s+|;\s*|(?<=[.!?])\s+)", re.I)
+# Only explicit coordination splits: sentence ends alone would make most multi-sentence messages pay for
+# clause scoring (an extra embedding per clause) without asking for two things.
+_SPLIT = re.compile(r"\s*(?:,?\s+and\s+(?:also\s+)?|,?\s+also\s+|,?\s+then\s+|;\s*)", re.I)
 
 
 class Intent(BaseModel):
