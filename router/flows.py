@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -110,11 +111,7 @@ def merge(
     sentiment, sentiment_conf = _sentiment(by_agent.get("sentiment"))
     entities = _entities(by_agent.get("extract"))
     labels = {e.label for e in entities}
-    priority = (
-        ("high" if labels & (_ORDER_LABELS | _BILLING_LABELS) else "normal")
-        if sentiment == "negative"
-        else ("normal" if labels & _ORDER_LABELS else "low")
-    )
+    priority = _priority(sentiment, labels)
     queue = "billing" if labels & _BILLING_LABELS else "orders" if labels & _ORDER_LABELS else "general"
     record = TriageOutput(
         flow=name,
@@ -130,6 +127,13 @@ def merge(
     )
     found = ", ".join(f"{e.label} {e.text}" for e in entities) or "no entities"
     return f"priority {priority}, queue {queue}, sentiment {sentiment}; {found}", record
+
+
+def _priority(sentiment: str | None, labels: set[str]) -> Literal["low", "normal", "high"]:
+    """An unhappy customer with an order or money at stake comes first; a plain order question next."""
+    if sentiment == "negative":
+        return "high" if labels & (_ORDER_LABELS | _BILLING_LABELS) else "normal"
+    return "normal" if labels & _ORDER_LABELS else "low"
 
 
 def _sentiment(step: StepResult | None) -> tuple[str | None, float | None]:
