@@ -1,6 +1,6 @@
 """Register your own specialist in a few lines; the router learns its route from the example utterances.
 
-    python examples/custom_agent.py
+python examples/custom_agent.py
 """
 
 import re
@@ -40,6 +40,11 @@ class RefundAgent:
 
 
 router = Router.from_policy()  # add backend="ray" to host it on Ray Serve instead; nothing else changes
-for text in ["I'd like a refund for order 88120, the blender broke", "Order #A12345 was charged $49.99 twice"]:
+for text in [
+    "I'd like a refund for order 88120, the blender broke",
+    "Order #A12345 was charged $49.99 twice",
+]:
     result = router.invoke(text)
-    print(f"{result.route:8} answered by {result.answered_by:9} escalated={result.escalated}: {result.output}")
+    print(
+        f"{result.route:8} answered by {result.answered_by:9} escalated={result.escalated}: {result.output}"
+    )

@@ -1,6 +1,6 @@
 """Small models collaborating on a support ticket: translate -> (sentiment || extraction) -> triage record.
 
-    python examples/support_triage.py
+python examples/support_triage.py
 """
 
 from router import Router
@@ -17,6 +17,11 @@ for ticket in tickets:
     record = result.details
     assert record is not None and record.kind == "triage"
     print(f"[{record.priority:>6} | {record.queue:7}] {record.language} -> {record.english_text}")
-    print(f"    sentiment={record.sentiment} ({record.sentiment_confidence}), "
-          f"entities={[(e.label, e.text) for e in record.entities]}, escalated={record.escalated_steps or 'none'}")
-    print("    steps:", ", ".join(f"{t.node}={t.ms:.0f}ms" for t in result.trace if t.node.startswith("flow:")))
+    entities = [(e.label, e.text) for e in record.entities]
+    print(
+        f"    sentiment={record.sentiment} ({record.sentiment_confidence}), entities={entities}, "
+        f"escalated={record.escalated_steps or 'none'}"
+    )
+    print(
+        "    steps:", ", ".join(f"{t.node}={t.ms:.0f}ms" for t in result.trace if t.node.startswith("flow:"))
+    )

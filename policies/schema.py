@@ -286,8 +286,12 @@ class MemoryConfig(_Strict):
     """Per-conversation memory (requests that carry a `conversation_id`), kept by a LangGraph checkpointer."""
 
     backend: Literal["memory", "sqlite"] = Field(default="memory", description="memory: lost on restart.")
-    path: str | None = Field(default=None, description="SQLite file for backend sqlite (relative to the policy).")
-    turns: int = Field(default=5, ge=1, le=100, description="How many earlier turns are kept per conversation.")
+    path: str | None = Field(
+        default=None, description="SQLite file for backend sqlite (relative to the policy)."
+    )
+    turns: int = Field(
+        default=5, ge=1, le=100, description="How many earlier turns are kept per conversation."
+    )
 
     @model_validator(mode="after")
     def _sqlite_needs_path(self) -> MemoryConfig:
