@@ -1,6 +1,8 @@
 """The controller: guard -> classify -> decide -> specialist -> check -> fallback/respond, as a LangGraph.
 
-Every node appends one timed `TraceStep`, so a result explains itself.
+A route served by a flow (or a multi-intent request) fans out instead: decide -> flow_step (one `Send` per
+step of a stage, run concurrently) -> flow_join -> next stage ... -> respond. Every node appends timed
+`TraceStep`s, so a result explains itself; with a checkpointer the conversation `history` persists.
 """
 
 from __future__ import annotations
