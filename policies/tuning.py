@@ -91,28 +91,36 @@ def evaluate(
     return _operating(data, pred, escalated, thresholds, ood_threshold, target)
 
 
-def tune(data: ScoredSet, target: Target, ood_grid: int = 21, curve_points: int = 41) -> TuningResult:
-    """The best setting for `target` on `data`; raises TuningError with the reachable range if it cannot."""
+def tune(
+    data: ScoredSet, target: Target, ood_grid: int = 21, curve_points: int = 41, min_support: int = 30
+) -> TuningResult:
+    """The best setting for `target` on `data`; raises TuningError with the reachable range if it cannot.
+
+    A route gets its own threshold only with at least `min_support` examples predicted for it; the others
+    share one, since a threshold fit on a handful of examples does not hold on new data.
+    """
     if target.kind in ("max_escalation", "min_accuracy") and not 0.0 <= target.value <= 1.0:
         raise TuningError(f"{target.kind} must be between 0 and 1, got {target.value}")
     max_escalation = _escalation_allowed(target)
     pred = data.probs.argmax(axis=1)
     conf = data.probs.max(axis=1)
     wrong = pred != data.labels  # OOD examples are always wrong when answered locally
+    support = np.bincount(pred, minlength=len(data.routes))
+    group = np.where(support[pred] >= min_support, pred, -1)  # -1: the shared threshold
     candidates = np.unique(np.quantile(data.max_sim, np.linspace(0.0, 0.5, ood_grid)))
     best: tuple[tuple[float, ...], Operating] | None = None
     least_base = 1.0
     for tau in np.concatenate([[0.0], candidates]):
         base = (data.max_sim < tau) | ~data.servable[pred]
         least_base = min(least_base, float(base.mean()))
-        order = _escalation_order(pred, conf, wrong, ~base)
+        order = _escalation_order(group, conf, wrong, ~base)
         k = _choose_k(data, wrong, base, order, target, max_escalation)
         if k is None:
             continue
         escalated = base.copy()
         escalated[order[:k]] = True
         point = _operating(
-            data, pred, escalated, _thresholds(data, pred, conf, escalated, base), float(tau), target
+            data, pred, escalated, _thresholds(data, pred, group, conf, escalated, base), float(tau), target
         )
         key = _objective(point, target)
         if best is None or key > best[0]:
@@ -120,7 +128,7 @@ def tune(data: ScoredSet, target: Target, ood_grid: int = 21, curve_points: int 
     if best is None:
         raise TuningError(_unreachable(target, least_base, data))
     chosen = best[1]
-    return TuningResult(chosen=chosen, curve=_curve(data, pred, conf, wrong, chosen, curve_points, target))
+    return TuningResult(chosen=chosen, curve=_curve(data, pred, group, conf, wrong, chosen, curve_points))
 
 
 def _escalation_allowed(target: Target) -> float:
@@ -139,11 +147,13 @@ def _escalation_allowed(target: Target) -> float:
     return 1.0
 
 
-def _escalation_order(pred: np.ndarray, conf: np.ndarray, wrong: np.ndarray, open_: np.ndarray) -> np.ndarray:
+def _escalation_order(
+    group: np.ndarray, conf: np.ndarray, wrong: np.ndarray, open_: np.ndarray
+) -> np.ndarray:
     """Indices of the not-yet-escalated examples, in the order that removes the most mistakes first."""
     index, slope = [], []
-    for r in np.unique(pred[open_]):
-        members = np.flatnonzero(open_ & (pred == r))
+    for g in np.unique(group[open_]):
+        members = np.flatnonzero(open_ & (group == g))
         members = members[np.argsort(conf[members], kind="stable")]
         index.append(members)
         slope.append(_hull_slopes(wrong[members].astype(float)))
@@ -200,12 +210,19 @@ def _choose_k(
 
 
 def _thresholds(
-    data: ScoredSet, pred: np.ndarray, conf: np.ndarray, escalated: np.ndarray, base: np.ndarray
+    data: ScoredSet,
+    pred: np.ndarray,
+    group: np.ndarray,
+    conf: np.ndarray,
+    escalated: np.ndarray,
+    base: np.ndarray,
 ) -> dict[str, float]:
-    """Per route: halfway between its most confident escalated and least confident kept example."""
+    """Per threshold group (a route, or the shared one): halfway between its most confident escalated and
+    least confident kept example."""
     out = {}
     for r, name in enumerate(data.routes):
-        tuned = ~base & (pred == r)
+        own = (pred == r) & (group == r)
+        tuned = ~base & (own if own.any() else group == -1)
         up = conf[tuned & escalated]
         kept = conf[tuned & ~escalated]
         if len(up) == 0:
@@ -253,14 +270,14 @@ def _objective(point: Operating, target: Target) -> tuple[float, ...]:
 def _curve(
     data: ScoredSet,
     pred: np.ndarray,
+    group: np.ndarray,
     conf: np.ndarray,
     wrong: np.ndarray,
     chosen: Operating,
     points: int,
-    target: Target,
 ) -> list[tuple[float, float]]:
     base = (data.max_sim < chosen.ood_threshold) | ~data.servable[pred]
-    order = _escalation_order(pred, conf, wrong, ~base)
+    order = _escalation_order(group, conf, wrong, ~base)
     curve = []
     for k in np.unique(np.linspace(0, len(order), points).astype(int)):
         escalated = base.copy()

@@ -1,0 +1,188 @@
+"""Evaluate the router on labelled data and tune its thresholds: one scoring pass, then pure numpy.
+
+Rows are JSONL: `{"text": ..., "route": ...}` (also accepted: `expected_route`, `intent`), with the route
+`oos` for out-of-scope. "Escalated" means the router would not send the request to its route's specialist:
+below the route's threshold, out of distribution, or a route served by the fallback (the `ood_route`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from policies import Policy
+from policies.tuning import OOD, Operating, ScoredSet, Target, TuningResult, evaluate
+from router.calibration import expected_calibration_error
+from router.embedder import Embedder
+from router.routes import RouteIndex
+
+OOS_LABELS = {"oos", "out_of_scope", "ood"}
+
+
+class RouteScore(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class EvalReport(BaseModel):
+    rows: int
+    in_scope_accuracy: float
+    oos_recall: float | None
+    in_scope_false_escalation: float | None
+    escalation_rate: float
+    routed_accuracy: float
+    ece: float
+    per_route: dict[str, RouteScore]
+
+
+def read_rows(path: Path) -> tuple[list[str], list[str]]:
+    """Texts and expected routes; a bad line is an error naming the line."""
+    texts, routes = [], []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                route = row.get("route") or row.get("expected_route") or row["intent"]
+                texts.append(str(row["text"]))
+                routes.append(str(route))
+            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+                raise ValueError(f"{path}:{n}: expected JSON with `text` and `route`: {exc}") from None
+    if not texts:
+        raise ValueError(f"{path}: no rows")
+    return texts, routes
+
+
+def score(
+    texts: list[str],
+    routes: list[str],
+    policy: Policy,
+    index: RouteIndex,
+    embedder: Embedder,
+    show_progress: bool = True,
+) -> ScoredSet:
+    """The one model pass: embeddings (cached by content) -> calibrated probabilities and similarities."""
+    unknown = sorted({r for r in routes if r not in index.routes and r.lower() not in OOS_LABELS})
+    if unknown:
+        raise ValueError(f"routes not in the policy: {unknown[:10]}; the policy has {index.routes[:10]}...")
+    vectors = _cached_embeddings(texts, embedder, show_progress)
+    scored = index.score_many(vectors)
+    probs = np.array([[s.probabilities[r] for r in index.routes] for s in scored])
+    labels = np.array([OOD if r.lower() in OOS_LABELS else index.routes.index(r) for r in routes])
+    servable = np.array([r != policy.router.ood_route for r in index.routes])
+    return ScoredSet(index.routes, probs, np.array([s.max_similarity for s in scored]), labels, servable)
+
+
+def _cached_embeddings(texts: list[str], embedder: Embedder, show_progress: bool) -> np.ndarray:
+    key = hashlib.sha256("\x1f".join([embedder.model_ref, *texts]).encode()).hexdigest()[:24]
+    root = Path(os.environ.get("SLM_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "slm-router")
+    path = root / f"eval-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = embedder.encode(texts, show_progress=show_progress)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+    except OSError:
+        pass
+    return vectors
+
+
+def policy_thresholds(policy: Policy, routes: list[str]) -> dict[str, float]:
+    return {r: policy.threshold(r) for r in routes}
+
+
+def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
+    point = evaluate(
+        data, policy_thresholds(policy, data.routes), policy.router.ood_threshold, Target("max_escalation", 1)
+    )
+    pred = data.probs.argmax(axis=1)
+    in_scope = data.labels != OOD
+    correct = pred == data.labels
+    per_route = {}
+    for r, name in enumerate(data.routes):
+        tp = int((correct & (pred == r)).sum())
+        predicted, actual = int((pred == r).sum()), int((data.labels == r).sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_route[name] = RouteScore(
+            precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4), support=actual
+        )
+    result = EvalReport(
+        rows=len(data.labels),
+        in_scope_accuracy=round(float(correct[in_scope].mean()), 4) if in_scope.any() else 0.0,
+        oos_recall=None if point.oos_recall is None else round(point.oos_recall, 4),
+        in_scope_false_escalation=(
+            None if point.in_scope_false_escalation is None else round(point.in_scope_false_escalation, 4)
+        ),
+        escalation_rate=round(point.escalation_rate, 4),
+        routed_accuracy=round(point.routed_accuracy, 4),
+        ece=round(
+            expected_calibration_error(data.probs.max(axis=1)[in_scope], correct[in_scope].astype(float)), 4
+        ),
+        per_route=per_route,
+    )
+    return result, point
+
+
+def split(data: ScoredSet, seed: int = 0, tuning_share: float = 0.5) -> tuple[ScoredSet, ScoredSet]:
+    """A tuning split and a report split (stratified by label), so the reported numbers are honest."""
+    rng = np.random.default_rng(seed)
+    tuning = np.zeros(len(data.labels), dtype=bool)
+    for label in np.unique(data.labels):
+        members = np.flatnonzero(data.labels == label)
+        rng.shuffle(members)
+        tuning[members[: round(len(members) * tuning_share)]] = True
+    return _subset(data, tuning), _subset(data, ~tuning)
+
+
+def _subset(data: ScoredSet, mask: np.ndarray) -> ScoredSet:
+    return ScoredSet(data.routes, data.probs[mask], data.max_sim[mask], data.labels[mask], data.servable)
+
+
+def tuned_policy(policy: Policy, result: TuningResult) -> dict[str, object]:
+    """The policy as YAML-ready data with the chosen thresholds (paths stay relative to the original)."""
+    data = policy.model_dump(mode="json", exclude_none=True)
+    for route, value in result.chosen.thresholds.items():
+        data["routes"][route]["threshold"] = round(value, 4)
+    data["router"]["ood_threshold"] = round(result.chosen.ood_threshold, 4)
+    return data
+
+
+def plot_curve(result: TuningResult, baseline: Operating, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, ys = zip(*result.curve, strict=True)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot([x * 100 for x in xs], ys, label="tuned thresholds")
+    ax.scatter(
+        [result.chosen.escalation_rate * 100], [result.chosen.quality], color="red", zorder=3, label="chosen"
+    )
+    ax.scatter(
+        [baseline.escalation_rate * 100],
+        [baseline.quality],
+        color="gray",
+        marker="x",
+        zorder=3,
+        label="policy before tuning",
+    )
+    ax.set_xlabel("% of requests escalated to the fallback")
+    ax.set_ylabel("quality (escalated counted as correct)")
+    ax.set_title("cost-quality curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
