@@ -1,0 +1,63 @@
+"""Evaluation and tuning on the real router: one scoring pass, a report, a tuned policy, a real PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from policies import DEFAULT_POLICY, load_policy, policy_from_dict
+from policies.tuning import Target, evaluate, tune
+from router.api import Router
+from router.evaluation import plot_curve, read_rows, report, score, split, tuned_policy
+
+ROWS = [
+    ("Translate to Portuguese: the parcel is on its way", "translate"),
+    ("How do you say thank you in Portuguese?", "translate"),
+    ("I am furious, the package arrived broken", "sentiment"),
+    ("Great service, thank you so much!", "sentiment"),
+    ("Order #A12345 was charged $49.99 twice", "extract"),
+    ("My order number is 784512 and I paid 120 euros", "extract"),
+    ("What is the capital of Australia?", "other"),
+    ("How do I reset my password?", "other"),
+    ("asdf qwerty zxcv", "oos"),
+    ("the migratory patterns of arctic terns", "oos"),
+]
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "eval.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "route": r}) for t, r in ROWS * 4))
+    return path
+
+
+def test_report_and_tuned_policy(router: Router, data_file: Path, tmp_path: Path) -> None:
+    texts, routes = read_rows(data_file)
+    data = score(texts, routes, router.policy, router.index, router.embedder, show_progress=False)
+    result, _ = report(data, router.policy)
+    assert result.rows == 40 and 0.0 <= result.in_scope_accuracy <= 1.0 and result.oos_recall is not None
+    assert set(result.per_route) == set(router.index.routes) and result.per_route["extract"].support == 8
+    tuning, held = split(data)
+    assert len(tuning.labels) == len(held.labels) == 20
+    tuned = tune(tuning, Target("max_escalation", 0.6), min_support=2)
+    assert tuned.chosen.escalation_rate <= 0.6
+    policy = policy_from_dict(tuned_policy(router.policy, tuned), base_dir=DEFAULT_POLICY.parent)
+    assert policy.router.ood_threshold == pytest.approx(tuned.chosen.ood_threshold, abs=1e-4)
+    out = tmp_path / "curve.png"
+    plot_curve(tuned, evaluate(tuning, {}, 0.0, Target("max_escalation", 1)), out)
+    with Image.open(out) as image:
+        assert image.size[0] > 100 and image.format == "PNG"
+
+
+def test_bad_rows_are_named(tmp_path: Path, router: Router) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hi", "route": "translate"}\n{"txt": "oops"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        read_rows(bad)
+    with pytest.raises(ValueError, match="routes not in the policy"):
+        score(["hi"], ["refunds"], load_policy(), router.index, router.embedder, show_progress=False)
+    assert yaml.safe_load(DEFAULT_POLICY.read_text())["routes"]
