@@ -223,6 +223,9 @@ class PrivacyPolicy(_Strict):
     entities: list[PiiLabel] = Field(
         default_factory=lambda: list(ALL_PII), description="What is replaced by placeholders."
     )
+    log_text: bool = Field(
+        default=False, description="Store request text in the decision log; otherwise a SHA-256 hash."
+    )
 
 
 class AutoscalingConfig(_Strict):
@@ -300,6 +303,17 @@ class MemoryConfig(_Strict):
         return self
 
 
+class DecisionLogConfig(_Strict):
+    """Every routed request appended to SQLite (`slm-router log tail|stats|export`)."""
+
+    enabled: bool = True
+    path: str | None = Field(
+        default=None,
+        description="SQLite file (relative to the policy); null = $SLM_ROUTER_DATA_DIR, else "
+        "$XDG_DATA_HOME/slm-router, else ~/.local/share/slm-router, file decisions.db.",
+    )
+
+
 class Policy(_Strict):
     """A complete router configuration (see policies/presets/default.yaml)."""
 
@@ -315,6 +329,7 @@ class Policy(_Strict):
     hosting: HostingConfig = Field(default_factory=HostingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    decision_log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
     base_dir: Path | None = Field(default=None, exclude=True, description="Where relative paths resolve.")
 
     @field_validator("routes")

@@ -26,6 +26,7 @@ from agents.sentiment import SentimentAgent
 from agents.translation import FastTranslateBackend, Seq2SeqBackend, TranslationAgent, TranslationBackend
 from policies import Policy, PolicyError, RoutePolicy, load_policy
 from router.decision import Decision, decide
+from router.decisions import open_log
 from router.embedder import Embedder
 from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadError
 from router.graph import Components, RouterState, build_graph, fresh_state, normalise
@@ -297,6 +298,7 @@ class Router(Runnable[RouterInput, RouteResult]):
         components = Components(policy, self.embedder, self.index, self.pool, self.fallback)
         self.graph = build_graph(components)
         self.memory_graph = build_graph(components, _checkpointer(policy))  # requests with a conversation_id
+        self.decision_log = open_log(policy)
 
     @classmethod
     def from_policy(cls, policy: str | Path | Policy | None = None, **kwargs: Any) -> Router:
@@ -335,6 +337,8 @@ class Router(Runnable[RouterInput, RouteResult]):
         self.pool.close()
         if self._owns_embedder:
             self.embedder.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
 
     @property
     def routes(self) -> list[str]:
@@ -350,20 +354,28 @@ class Router(Runnable[RouterInput, RouteResult]):
         merged["configurable"] = {**merged.get("configurable", {}), "thread_id": request.conversation_id}
         return self.memory_graph, merged
 
+    def _record(self, request: RouteRequest, result: RouteResult) -> RouteResult:
+        """Append the decision to the log (a fraction of a millisecond; never raises)."""
+        if self.decision_log is not None:
+            self.decision_log.record(
+                result, request.text, self.policy.privacy.log_text, request.conversation_id
+            )
+        return result
+
     def invoke(self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any) -> RouteResult:
         request = coerce_request(input)
         graph, conf = self._target(request, config)
         state: RouterState = graph.invoke(fresh_state(request), config=conf)
-        return state["result"]
+        return self._record(request, state["result"])
 
     async def ainvoke(
         self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> RouteResult:
         request = coerce_request(input)
         if request.conversation_id is not None:  # the SQLite checkpointer is synchronous
-            return await asyncio.to_thread(self.invoke, request, config)
+            return await asyncio.to_thread(self.invoke, request, config)  # invoke records it
         state: RouterState = await self.graph.ainvoke(fresh_state(request), config=config)
-        return state["result"]
+        return self._record(request, state["result"])
 
     def decide_many(self, texts: list[str]) -> list[Routing]:
         """Guard, classify and decide for many texts in one embedding batch; no agent is called.
@@ -401,6 +413,8 @@ class Router(Runnable[RouterInput, RouteResult]):
         async for update in updates:
             for node, change in update.items():
                 for event in _events(node, change or {}):
+                    if event.result is not None:
+                        self._record(request, event.result)
                     yield event
 
     def explain(self, text: str, neighbours: int = 5) -> Explanation:

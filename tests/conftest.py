@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["SLM_ROUTER_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["SLM_ROUTER_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))  # the decision log
 
 
 @pytest.fixture(scope="session")
