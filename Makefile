@@ -52,6 +52,7 @@ bench: install-dev
 	$(PY) bench/latency.py
 	$(PY) bench/triage.py
 	$(PY) bench/serving.py
+	$(PY) bench/clinc_tune.py --data $(DATA)
 
 train-sentiment: install
 	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl

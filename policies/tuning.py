@@ -50,9 +50,12 @@ class ScoredSet:
             )
 
 
+TargetKind = Literal["max_escalation", "min_accuracy", "budget"]
+
+
 @dataclass(frozen=True)
 class Target:
-    kind: Literal["max_escalation", "min_accuracy", "budget"]
+    kind: TargetKind
     value: float
     fallback_cost: float = 1.0  # per request, any unit (e.g. USD per 1k requests)
     local_cost: float = 0.0

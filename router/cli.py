@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -234,6 +234,100 @@ def serve(
         timeout_graceful_shutdown=30,
         access_log=False,
     )
+
+
+@app.command("eval")
+def eval_(
+    data: Annotated[Path, typer.Argument(help="JSONL rows: text, route (or `oos`).")],
+    policy: PolicyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Route accuracy, OOS recall vs in-scope false escalation, calibration (ECE) and per-route F1."""
+    from router.evaluation import read_rows, report, score
+
+    router = _router(policy)
+    try:
+        texts, routes = read_rows(data)
+        scored = score(texts, routes, router.policy, router.index, router.embedder)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    result, _ = report(scored, router.policy)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    summary = [(k, str(v)) for k, v in result.model_dump(exclude={"per_route"}).items()]
+    console.print(_result_table(f"evaluation on {data}", summary))
+    table = Table(title="per route", title_justify="left")
+    for col in ("route", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "route" else "right")
+    for name, s in sorted(result.per_route.items(), key=lambda kv: kv[1].f1):
+        table.add_row(name, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", str(s.support))
+    console.print(table)
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Argument(help="JSONL rows: text, route (or `oos`).")],
+    out: Annotated[Path, typer.Option(help="Where to write the tuned policy YAML.")],
+    policy: PolicyOpt = None,
+    max_escalation: Annotated[
+        float | None, typer.Option(help="Target: at most this share escalated.")
+    ] = None,
+    min_accuracy: Annotated[
+        float | None, typer.Option(help="Target: local answers right this often.")
+    ] = None,
+    budget: Annotated[float | None, typer.Option(help="Target: cost per request (fallback costs 1).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Choose per-route and OOD thresholds for one target on half the data; report on the other half."""
+    import yaml
+
+    from policies.tuning import Target, TargetKind, TuningError, evaluate
+    from policies.tuning import tune as choose
+    from router.evaluation import plot_curve, read_rows, score, split, tuned_policy
+
+    targets = {"max_escalation": max_escalation, "min_accuracy": min_accuracy, "budget": budget}
+    chosen_targets = [(k, v) for k, v in targets.items() if v is not None]
+    if len(chosen_targets) != 1:
+        _fail("give exactly one target: --max-escalation, --min-accuracy or --budget")
+    if out.exists() and not force:
+        _fail(f"{out} exists; pass --force to overwrite it")
+    kind, value = chosen_targets[0]
+    target = Target(cast(TargetKind, kind), value)
+    router = _router(policy)
+    try:
+        texts, routes = read_rows(data)
+        scored = score(texts, routes, router.policy, router.index, router.embedder)
+        tuning, held = split(scored)
+        result = choose(tuning, target)
+    except (OSError, ValueError, TuningError) as exc:
+        _fail(str(exc))
+    before = evaluate(
+        held, {r: router.policy.threshold(r) for r in held.routes}, router.policy.router.ood_threshold, target
+    )
+    after = evaluate(held, result.chosen.thresholds, result.chosen.ood_threshold, target)
+    out.write_text(yaml.safe_dump(tuned_policy(router.policy, result), sort_keys=False, allow_unicode=True))
+    curve = out.with_suffix(".png")
+    plot_curve(
+        result,
+        evaluate(
+            tuning,
+            {r: router.policy.threshold(r) for r in tuning.routes},
+            router.policy.router.ood_threshold,
+            target,
+        ),
+        curve,
+    )
+    rows = [
+        (name, f"{b:.3f} -> {a:.3f}")
+        for name, b, a in (
+            ("escalation rate", before.escalation_rate, after.escalation_rate),
+            ("routed accuracy", before.routed_accuracy, after.routed_accuracy),
+            ("quality", before.quality, after.quality),
+        )
+    ]
+    console.print(_result_table(f"report split ({len(held.labels)} rows), target {kind}={value:g}", rows))
+    console.print(f"[green]wrote[/] {out} and {curve}")
 
 
 @policy_app.command("validate")

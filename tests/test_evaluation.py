@@ -61,3 +61,26 @@ def test_bad_rows_are_named(tmp_path: Path, router: Router) -> None:
     with pytest.raises(ValueError, match="routes not in the policy"):
         score(["hi"], ["refunds"], load_policy(), router.index, router.embedder, show_progress=False)
     assert yaml.safe_load(DEFAULT_POLICY.read_text())["routes"]
+
+
+def test_cli_eval_and_tune(data_file: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    runner = CliRunner()
+    evaluated = runner.invoke(app, ["eval", str(data_file), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output[evaluated.output.index("{") :])["rows"] == 40
+    out = tmp_path / "tuned.yaml"
+    tuned = runner.invoke(app, ["tune", str(data_file), "--out", str(out), "--max-escalation", "0.6"])
+    assert tuned.exit_code == 0, tuned.output
+    assert load_policy(out).routes["extract"].examples[0].startswith("/")
+    with Image.open(out.with_suffix(".png")) as image:
+        assert image.format == "PNG"
+    again = runner.invoke(app, ["tune", str(data_file), "--out", str(out), "--max-escalation", "0.6"])
+    assert again.exit_code == 2 and "--force" in again.output
+    both = runner.invoke(
+        app, ["tune", str(data_file), "--out", str(out), "--budget", "1", "--min-accuracy", "0.9"]
+    )
+    assert both.exit_code == 2 and "exactly one target" in both.output
