@@ -8,7 +8,6 @@ below the route's threshold, out of distribution, or a route served by the fallb
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from policies.tuning import OOD, Operating, ScoredSet, Target, TuningResult, eva
 from router.calibration import expected_calibration_error
 from router.embedder import Embedder
 from router.routes import RouteIndex
+from router.training import read_labelled
 
 OOS_LABELS = {"oos", "out_of_scope", "ood"}
 
@@ -44,21 +44,8 @@ class EvalReport(BaseModel):
 
 def read_rows(path: Path) -> tuple[list[str], list[str]]:
     """Texts and expected routes; a bad line is an error naming the line."""
-    texts, routes = [], []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                route = row.get("route") or row.get("expected_route") or row["intent"]
-                texts.append(str(row["text"]))
-                routes.append(str(route))
-            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                raise ValueError(f"{path}:{n}: expected JSON with `text` and `route`: {exc}") from None
-    if not texts:
-        raise ValueError(f"{path}: no rows")
-    return texts, routes
+    rows = read_labelled(path, ("route", "expected_route", "intent"))
+    return [text for text, _ in rows], [route for _, route in rows]
 
 
 def score(

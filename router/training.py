@@ -40,7 +40,8 @@ def split_of(text: str) -> str:
     return "test" if bucket == 0 else "calibration" if bucket == 1 else "train"
 
 
-def read_labelled(path: Path, text_key: str = "text", label_key: str = "label") -> list[tuple[str, str]]:
+def read_labelled(path: Path, label_keys: tuple[str, ...] = ("label",)) -> list[tuple[str, str]]:
+    """(text, label) per JSONL row, the label from the first of `label_keys` present; errors name the line."""
     rows = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -48,11 +49,14 @@ def read_labelled(path: Path, text_key: str = "text", label_key: str = "label") 
                 continue
             try:
                 row = json.loads(line)
-                rows.append((str(row[text_key]), str(row[label_key])))
-            except (json.JSONDecodeError, KeyError) as exc:
+                label = next(row[k] for k in label_keys if row.get(k) is not None)
+                rows.append((str(row["text"]), str(label)))
+            except (json.JSONDecodeError, KeyError, StopIteration, AttributeError, TypeError) as exc:
                 raise ValueError(
-                    f"{path}:{n}: expected JSON with {text_key!r} and {label_key!r}: {exc}"
-                ) from exc
+                    f"{path}:{n}: expected JSON with 'text' and one of {list(label_keys)}: {exc!r}"
+                ) from None
+    if not rows:
+        raise ValueError(f"{path}: no rows")
     return rows
 
 
