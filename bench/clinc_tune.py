@@ -17,7 +17,7 @@ from pathlib import Path
 from policies import DEFAULT_POLICY, policy_from_dict
 from policies.tuning import Target, evaluate, tune
 from router.embedder import Embedder
-from router.evaluation import plot_curve, read_rows, report, score, split
+from router.evaluation import plot_curve, policy_thresholds, read_rows, report, score, split
 from router.routes import RouteIndex
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,12 +64,10 @@ def main() -> None:
     result = tune(tuning, target)
     tune_s = time.perf_counter() - start
     on_report = evaluate(held, result.chosen.thresholds, result.chosen.ood_threshold, target)
-    baseline = evaluate(
-        held, {r: policy.threshold(r) for r in held.routes}, policy.router.ood_threshold, target
-    )
+    baseline = evaluate(held, policy_thresholds(policy, held.routes), policy.router.ood_threshold, target)
     RESULTS.mkdir(exist_ok=True)
     before_on_tuning = evaluate(
-        tuning, {r: policy.threshold(r) for r in tuning.routes}, policy.router.ood_threshold, target
+        tuning, policy_thresholds(policy, tuning.routes), policy.router.ood_threshold, target
     )
     plot_curve(result, before_on_tuning, RESULTS / "clinc_curve.png")  # the curve is on the tuning split
     out = {

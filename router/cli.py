@@ -284,7 +284,7 @@ def tune(
 
     from policies.tuning import Target, TargetKind, TuningError, evaluate
     from policies.tuning import tune as choose
-    from router.evaluation import plot_curve, read_rows, score, split, tuned_policy
+    from router.evaluation import plot_curve, policy_thresholds, read_rows, score, split, tuned_policy
 
     targets = {"max_escalation": max_escalation, "min_accuracy": min_accuracy, "budget": budget}
     chosen_targets = [(k, v) for k, v in targets.items() if v is not None]
@@ -303,7 +303,7 @@ def tune(
     except (OSError, ValueError, TuningError) as exc:
         _fail(str(exc))
     before = evaluate(
-        held, {r: router.policy.threshold(r) for r in held.routes}, router.policy.router.ood_threshold, target
+        held, policy_thresholds(router.policy, held.routes), router.policy.router.ood_threshold, target
     )
     after = evaluate(held, result.chosen.thresholds, result.chosen.ood_threshold, target)
     out.write_text(yaml.safe_dump(tuned_policy(router.policy, result), sort_keys=False, allow_unicode=True))
@@ -312,7 +312,7 @@ def tune(
         result,
         evaluate(
             tuning,
-            {r: router.policy.threshold(r) for r in tuning.routes},
+            policy_thresholds(router.policy, tuning.routes),
             router.policy.router.ood_threshold,
             target,
         ),

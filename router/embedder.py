@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -11,6 +12,13 @@ import numpy as np
 
 from agents.batching import MicroBatcher
 from router.errors import ModelLoadError
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SLM_ROUTER_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slm-router"
+    )
+    return Path(root)
 
 
 def packaged_model_path() -> Path:
@@ -87,6 +95,24 @@ class Embedder:
             show_progress_bar=show_progress,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def encode_cached(self, texts: list[str], kind: str, show_progress: bool = False) -> np.ndarray:
+        """`encode`, cached on disk by model and content (route examples and eval sets are re-read often)."""
+        key = hashlib.sha256("\x1f".join([self.model_ref, *texts]).encode()).hexdigest()[:24]
+        path = cache_dir() / f"{kind}-{key}.npy"
+        if path.is_file():
+            cached = np.load(path)
+            if cached.shape[0] == len(texts):
+                return np.asarray(cached, dtype=np.float32)
+        vectors = self.encode(texts, show_progress=show_progress)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, vectors)
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home only costs time
+        return vectors
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode_shared([text])[0]

@@ -7,8 +7,6 @@ below the route's threshold, out of distribution, or a route served by the fallb
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -60,27 +58,12 @@ def score(
     unknown = sorted({r for r in routes if r not in index.routes and r.lower() not in OOS_LABELS})
     if unknown:
         raise ValueError(f"routes not in the policy: {unknown[:10]}; the policy has {index.routes[:10]}...")
-    vectors = _cached_embeddings(texts, embedder, show_progress)
+    vectors = embedder.encode_cached(texts, "eval", show_progress)
     scored = index.score_many(vectors)
     probs = np.array([[s.probabilities[r] for r in index.routes] for s in scored])
     labels = np.array([OOD if r.lower() in OOS_LABELS else index.routes.index(r) for r in routes])
     servable = np.array([r != policy.router.ood_route for r in index.routes])
     return ScoredSet(index.routes, probs, np.array([s.max_similarity for s in scored]), labels, servable)
-
-
-def _cached_embeddings(texts: list[str], embedder: Embedder, show_progress: bool) -> np.ndarray:
-    key = hashlib.sha256("\x1f".join([embedder.model_ref, *texts]).encode()).hexdigest()[:24]
-    root = Path(os.environ.get("SLM_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "slm-router")
-    path = root / f"eval-{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    vectors = embedder.encode(texts, show_progress=show_progress)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        np.save(path, vectors)
-    except OSError:
-        pass
-    return vectors
 
 
 def policy_thresholds(policy: Policy, routes: list[str]) -> dict[str, float]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +72,6 @@ def _read_examples(path: Path, field: str) -> list[str]:
     return [str(item) for item in data]
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("SLM_ROUTER_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slm-router"
-    )
-    return Path(root)
-
-
 class RouteIndex:
     """kNN scoring: a route's score is the mean cosine similarity of its `top_k` nearest examples.
 
@@ -102,7 +93,7 @@ class RouteIndex:
         self.top_k = top_k
         self.ood_threshold = ood_threshold
         self.ood_route = ood_route
-        self.vectors = self._embed_cached(embedder)
+        self.vectors = embedder.encode_cached(self.texts, "routes")  # the slow part of start-up
         self.calibration = self._calibrate()
 
     @classmethod
@@ -114,24 +105,6 @@ class RouteIndex:
             policy.router.ood_threshold,
             policy.router.ood_route,
         )
-
-    def _embed_cached(self, embedder: Embedder) -> np.ndarray:
-        """Embedding the examples is the slow part of start-up; cache it by content and model."""
-        key = hashlib.sha256("\x1f".join([embedder.model_ref, *self.texts]).encode()).hexdigest()[:24]
-        path = _cache_dir() / f"routes-{key}.npy"
-        if path.is_file():
-            cached = np.load(path)
-            if cached.shape[0] == len(self.texts):
-                return np.asarray(cached, dtype=np.float32)
-        vectors = embedder.encode(self.texts)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, vectors)
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home only costs start-up time
-        return vectors
 
     def _route_scores(self, sims: np.ndarray) -> np.ndarray:
         """sims: (n, N) similarities to all examples -> (n, R) route scores."""
