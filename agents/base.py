@@ -53,6 +53,10 @@ class FallbackOutput(BaseModel):
     model: str
     redacted: bool
     redactions: int = 0
+    input_chars: int = 0
+    output_chars: int = 0
+    input_tokens: int | None = Field(default=None, description="As reported by the provider, when it does.")
+    output_tokens: int | None = None
 
 
 class StepOutput(BaseModel):

@@ -165,6 +165,8 @@ class FallbackAgent:
         except Exception as exc:  # providers raise their own types: connection, timeout, auth
             raise AgentError(self.name, f"{self.label} failed: {type(exc).__name__}: {exc}") from exc
         content = str(reply.content).strip()
+        usage = getattr(reply, "usage_metadata", None) or {}
+        sent_chars = len(system) + sum(len(part) for part in sent)
         if redaction:
             content = self.redactor.restore(content, redaction.mapping) if self.redactor else content
         return AgentResult(
@@ -175,5 +177,9 @@ class FallbackAgent:
                 model=self.label,
                 redacted=redaction is not None,
                 redactions=redaction.count if redaction else 0,
+                input_chars=sent_chars,
+                output_chars=len(content),
+                input_tokens=usage.get("input_tokens"),
+                output_tokens=usage.get("output_tokens"),
             ),
         )

@@ -17,7 +17,8 @@ from pathlib import Path
 from policies import DEFAULT_POLICY, policy_from_dict
 from policies.tuning import Target, evaluate, tune
 from router.embedder import Embedder
-from router.evaluation import plot_curve, policy_thresholds, read_rows, report, score, split
+from router.evaluation import policy_thresholds, read_rows, report, score, split
+from router.report import plot_curve
 from router.routes import RouteIndex
 
 RESULTS = Path(__file__).resolve().parent / "results"

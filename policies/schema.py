@@ -314,6 +314,80 @@ class DecisionLogConfig(_Strict):
     )
 
 
+class ModelPrice(_Strict):
+    """What one model costs, in the policy's currency; every part is optional and adds up."""
+
+    per_request: float = Field(default=0.0, ge=0.0)
+    per_1k_input_tokens: float = Field(default=0.0, ge=0.0)
+    per_1k_output_tokens: float = Field(default=0.0, ge=0.0)
+
+
+class PricingConfig(_Strict):
+    """Estimated costs for reports, the decision log and the cost budget. Tokens are estimated from
+    characters (`chars_per_token`), so figures are estimates, not invoices."""
+
+    currency: str = "USD"
+    chars_per_token: float = Field(default=4.0, gt=0)
+    models: dict[str, ModelPrice] = Field(
+        default_factory=lambda: {
+            "fallback": ModelPrice(per_1k_input_tokens=0.00015, per_1k_output_tokens=0.0006)
+        },
+        description="Keyed by agent name; `fallback` is the large model. Unlisted models cost nothing. "
+        "The default fallback price is a hosted small-frontier model's list price: set your own.",
+    )
+
+    def tokens(self, chars: float) -> float:
+        return chars / self.chars_per_token
+
+    def cost(self, model: str, input_tokens: float, output_tokens: float) -> float:
+        price = self.models.get(model)
+        if price is None:
+            return 0.0
+        return (
+            price.per_request
+            + input_tokens / 1000 * price.per_1k_input_tokens
+            + output_tokens / 1000 * price.per_1k_output_tokens
+        )
+
+
+class BudgetConfig(_Strict):
+    """A cap on what goes to the fallback over a sliding window; null caps are off."""
+
+    max_share: Probability | None = Field(
+        default=None, description="Most share of requests in the window that may escalate."
+    )
+    max_cost_per_hour: float | None = Field(
+        default=None, gt=0, description="Most estimated fallback spend per hour (pricing.currency)."
+    )
+    window_s: float = Field(default=3600.0, gt=0, description="Sliding window the share is measured over.")
+    min_requests: int = Field(
+        default=20, ge=1, description="The share cap applies once the window holds this many requests."
+    )
+    when_exceeded: Literal["specialist", "reject"] = Field(
+        default="specialist",
+        description="`specialist`: answer with the best-guess specialist and flag the result "
+        "(`budget_exceeded`); requests no specialist can serve are rejected. `reject`: reject at once.",
+    )
+
+    def active(self) -> bool:
+        return self.max_share is not None or self.max_cost_per_hour is not None
+
+
+class ShadowConfig(_Strict):
+    """Send a sample of specialist-answered requests to the fallback too, off the request path, and record
+    how far the two answers agree (chrF), so the small models are measured on live traffic."""
+
+    sample_rate: Probability = Field(default=0.0, description="Share of specialist answers shadowed.")
+    max_pending: int = Field(
+        default=8, ge=1, description="Shadow calls waiting at once; more samples are dropped, not queued."
+    )
+
+
+class EscalationConfig(_Strict):
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+
+
 class Policy(_Strict):
     """A complete router configuration (see policies/presets/default.yaml)."""
 
@@ -330,6 +404,8 @@ class Policy(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     decision_log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     base_dir: Path | None = Field(default=None, exclude=True, description="Where relative paths resolve.")
 
     @field_validator("routes")

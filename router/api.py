@@ -25,6 +25,7 @@ from agents.registry import registered_agents
 from agents.sentiment import SentimentAgent
 from agents.translation import FastTranslateBackend, Seq2SeqBackend, TranslationAgent, TranslationBackend
 from policies import Policy, PolicyError, RoutePolicy, load_policy
+from router.budget import EscalationBudget
 from router.decision import Decision, decide
 from router.decisions import open_log
 from router.embedder import Embedder
@@ -32,6 +33,7 @@ from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadErro
 from router.graph import Components, RouterState, build_graph, fresh_state, normalise
 from router.result import RouteRequest, RouteResult
 from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
+from router.shadow import Shadow, ShadowRecord
 
 RouterInput = str | bytes | RouteRequest | dict[str, Any]
 
@@ -295,10 +297,17 @@ class Router(Runnable[RouterInput, RouteResult]):
         except AgentError as exc:  # e.g. a seq2seq directory in the policy that does not exist
             raise ModelLoadError(str(exc)) from exc
         self.fallback = self._build_fallback(policy, extractor)
-        components = Components(policy, self.embedder, self.index, self.pool, self.fallback)
+        budget_conf = policy.escalation.budget
+        self.budget = EscalationBudget(budget_conf) if budget_conf.active() and self.fallback else None
+        components = Components(policy, self.embedder, self.index, self.pool, self.fallback, self.budget)
         self.graph = build_graph(components)
         self.memory_graph = build_graph(components, _checkpointer(policy))  # requests with a conversation_id
         self.decision_log = open_log(policy)
+        self.shadow = (
+            Shadow(policy, self.fallback, self._record_shadow, self.budget)
+            if self.fallback is not None and policy.escalation.shadow.sample_rate > 0
+            else None
+        )
 
     @classmethod
     def from_policy(cls, policy: str | Path | Policy | None = None, **kwargs: Any) -> Router:
@@ -334,6 +343,8 @@ class Router(Runnable[RouterInput, RouteResult]):
 
     def close(self) -> None:
         """Stop the agent pool (and the Ray deployments it started)."""
+        if self.shadow is not None:
+            self.shadow.close()
         self.pool.close()
         if self._owns_embedder:
             self.embedder.close()
@@ -355,12 +366,19 @@ class Router(Runnable[RouterInput, RouteResult]):
         return self.memory_graph, merged
 
     def _record(self, request: RouteRequest, result: RouteResult) -> RouteResult:
-        """Append the decision to the log (a fraction of a millisecond; never raises)."""
+        """Append the decision to the log (a fraction of a millisecond; never raises); maybe shadow it."""
+        decision_id = None
         if self.decision_log is not None:
-            self.decision_log.record(
+            decision_id = self.decision_log.record(
                 result, request.text, self.policy.privacy.log_text, request.conversation_id
             )
+        if self.shadow is not None:
+            self.shadow.offer(result, request.text, decision_id)
         return result
+
+    def _record_shadow(self, record: ShadowRecord) -> None:
+        if self.decision_log is not None:
+            self.decision_log.record_shadow(record)
 
     def invoke(self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any) -> RouteResult:
         request = coerce_request(input)

@@ -6,8 +6,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,6 +25,7 @@ from router.errors import SlmRouterError
 if TYPE_CHECKING:
     from router.api import Router
     from router.decisions import DecisionLog
+    from router.report import FullReport
     from router.result import RouteResult
 
 app = typer.Typer(
@@ -238,31 +241,116 @@ def serve(
 
 @app.command("eval")
 def eval_(
-    data: Annotated[Path, typer.Argument(help="JSONL rows: text, route (or `oos`).")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="JSONL rows: text, route (or `oos`). Optional with specialist files."),
+    ] = None,
     policy: PolicyOpt = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    out: Annotated[
+        Path, typer.Option(help="Directory for report.md/.html/.json and the PNG pictures.")
+    ] = Path("slm-router-eval"),
+    sample: Annotated[
+        int, typer.Option(help="Rows run through the whole router for latency, reasons and cost; 0 skips.")
+    ] = 100,
+    sentiment: Annotated[Path | None, typer.Option(help="JSONL: text, label (sentiment specialist).")] = None,
+    entities: Annotated[
+        Path | None, typer.Option(help="JSONL: text, entities [{start, end, label}] (extraction).")
+    ] = None,
+    translation: Annotated[
+        Path | None, typer.Option(help="JSONL parallel rows, e.g. {en, pt} (translation specialist).")
+    ] = None,
+    pair: Annotated[str, typer.Option(help="Translation direction for --translation.")] = "en-pt",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of tables.")] = False,
 ) -> None:
-    """Route accuracy, OOS recall vs in-scope false escalation, calibration (ECE) and per-route F1."""
-    from router.evaluation import read_rows, report, score
+    """Route accuracy, per-route F1, OOS recall, calibration, escalation by reason, latency per node and
+    cost; specialist quality on their own data files. Writes a Markdown + HTML + JSON report."""
+    from router.evaluation import read_rows, score
+    from router.evaluation import report as router_report
+    from router.report import FullReport, plot_confusion, plot_reliability, run_sample, write_report
 
+    if data is None and not (sentiment or entities or translation):
+        _fail("give a routing data file, or --sentiment / --entities / --translation files")
     router = _router(policy)
+    full = FullReport(data=str(data or ""))
     try:
-        texts, routes = read_rows(data)
-        scored = score(texts, routes, router.policy, router.index, router.embedder)
+        out.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            texts, routes = read_rows(data)
+            scored = score(
+                texts, routes, router.policy, router.index, router.embedder, show_progress=not as_json
+            )
+            full.router, _ = router_report(scored, router.policy)
+            plot_confusion(scored, out / "confusion.png")
+            plot_reliability(scored, full.router.ece, out / "reliability.png")
+            full.pictures = {"Confusion matrix": "confusion.png", "Reliability diagram": "reliability.png"}
+            if sample > 0:
+                with _progress(min(sample, len(texts)), "whole router on a sample", not as_json) as tick:
+                    full.live = run_sample(router, texts, sample, progress=tick)
+        full.specialists = _specialist_evals(router, sentiment, entities, translation, pair, not as_json)
+        paths = write_report(full, out)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
-    result, _ = report(scored, router.policy)
+    finally:
+        router.close()
     if as_json:
-        print(result.model_dump_json(indent=2))
+        print(full.model_dump_json(indent=2))
         return
-    summary = [(k, str(v)) for k, v in result.model_dump(exclude={"per_route"}).items()]
-    console.print(_result_table(f"evaluation on {data}", summary))
-    table = Table(title="per route", title_justify="left")
-    for col in ("route", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="left" if col == "route" else "right")
-    for name, s in sorted(result.per_route.items(), key=lambda kv: kv[1].f1):
-        table.add_row(name, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", str(s.support))
-    console.print(table)
+    _print_report(full)
+    console.print(f"[green]wrote[/] {', '.join(str(p) for p in paths)} and the pictures in {out}")
+
+
+def _specialist_evals(
+    router: Router,
+    sentiment: Path | None,
+    entities: Path | None,
+    translation: Path | None,
+    pair: str,
+    show: bool,
+) -> dict[str, dict[str, Any]]:
+    """Each specialist on its own labelled file, with the agent the policy configures."""
+    from agents.translation import parse_pair
+    from router.api import build_agent
+    from router.specialist_eval import (
+        evaluate_entities,
+        evaluate_sentiment,
+        evaluate_translation,
+        read_entities,
+        read_sentiment,
+        read_translation,
+    )
+
+    out: dict[str, dict[str, Any]] = {}
+    if sentiment is not None:
+        agent = build_agent(router.policy, "sentiment", router.embedder)
+        out["sentiment"] = evaluate_sentiment(read_sentiment(sentiment), agent, show).model_dump()
+    if entities is not None:
+        agent = build_agent(router.policy, "extract", router.embedder)
+        out["entities"] = evaluate_entities(read_entities(entities), agent, show_progress=show).model_dump()
+    if translation is not None:
+        source, target = parse_pair(pair)
+        agent = build_agent(router.policy, "translate", router.embedder)
+        rows = read_translation(translation, source, target)
+        out[f"translation {source}-{target}"] = evaluate_translation(
+            rows, agent, source, target, show_progress=show
+        ).model_dump()
+    return out
+
+
+@contextmanager
+def _progress(total: int, label: str, show: bool) -> Iterator[Callable[[], None]]:
+    """A rich progress bar as a `tick()` callback (silent when `show` is false)."""
+    from rich.progress import Progress
+
+    with Progress(console=err, disable=not show, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _print_report(full: FullReport) -> None:
+    from router.report import report_sections
+
+    for heading, rows in report_sections(full):
+        console.print(_result_table(heading, rows))
 
 
 @app.command()
@@ -284,7 +372,8 @@ def tune(
 
     from policies.tuning import Target, TargetKind, TuningError, evaluate
     from policies.tuning import tune as choose
-    from router.evaluation import plot_curve, policy_thresholds, read_rows, score, split, tuned_policy
+    from router.evaluation import policy_thresholds, read_rows, score, split, tuned_policy
+    from router.report import plot_curve
 
     targets = {"max_escalation": max_escalation, "min_accuracy": min_accuracy, "budget": budget}
     chosen_targets = [(k, v) for k, v in targets.items() if v is not None]
@@ -328,6 +417,89 @@ def tune(
     ]
     console.print(_result_table(f"report split ({len(held.labels)} rows), target {kind}={value:g}", rows))
     console.print(f"[green]wrote[/] {out} and {curve}")
+
+
+@app.command()
+def learn(
+    heldout: Annotated[Path, typer.Option(help="Labelled JSONL (text, route) to compare before/after on.")],
+    policy: PolicyOpt = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Operator-labelled JSONL (text, route) to learn from.")
+    ] = None,
+    from_log: Annotated[
+        bool, typer.Option(help="Learn logged escalations, labelled by the fallback model as teacher.")
+    ] = False,
+    db: DbOpt = None,
+    limit: Annotated[int, typer.Option(help="Most recent logged decisions to look at.")] = 1000,
+    out: Annotated[Path | None, typer.Option(help="Where --write puts the new policy YAML.")] = None,
+    write: Annotated[bool, typer.Option(help="Write the new policy (without it: report only).")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Turn escalations into route examples, refit, and show escalation and accuracy before and after."""
+    import yaml
+
+    from router.decisions import DecisionLogError
+    from router.learning import Example, compare, learnable_rows, teach
+    from router.routes import load_utterances
+    from router.training import read_labelled
+
+    if labels is None and not from_log:
+        _fail("give --labels FILE (operator labels) and/or --from-log (teacher-labelled escalations)")
+    if write and out is None:
+        _fail("--write needs --out: where to write the new policy")
+    if write and out is not None and out.exists() and not force:
+        _fail(f"{out} exists (it may be the live policy); pass --force to overwrite it")
+    try:
+        log_rows = _decision_log(policy, db).tail(limit) if from_log else []
+    except DecisionLogError as exc:
+        _fail(str(exc))
+    router = _router(policy)
+    try:
+        examples = (
+            [Example(text=t, route=r, source="operator") for t, r in read_labelled(labels, ("route",))]
+            if labels
+            else []
+        )
+        skipped = 0
+        if from_log:
+            if router.fallback is None:
+                _fail("--from-log needs the policy's fallback model as teacher (fallback.enabled)")
+            rows = learnable_rows(log_rows)
+            if not rows:
+                err.print("no logged escalations with text (privacy.log_text must be on to learn from them)")
+            with _progress(len(rows), "teacher labelling escalations", True) as tick:
+                taught, skipped = teach(rows, router.fallback, load_utterances(router.policy), progress=tick)
+            examples += taught
+        heldout_rows = read_labelled(heldout, ("route", "expected_route", "intent"))
+        result, data = compare(
+            router.policy,
+            examples,
+            router.embedder,
+            ([t for t, _ in heldout_rows], [r for _, r in heldout_rows]),
+            skipped,
+        )
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    finally:
+        router.close()
+    rows_ = [
+        (name, f"{getattr(result.before, key)} -> {getattr(result.after, key)}")
+        for name, key in (
+            ("in-scope accuracy", "in_scope_accuracy"),
+            ("escalation rate", "escalation_rate"),
+            ("routed accuracy", "routed_accuracy"),
+            ("OOS recall", "oos_recall"),
+            ("ECE", "ece"),
+        )
+    ]
+    learned = ", ".join(f"{r} +{n}" for r, n in sorted(result.learned.items())) or "nothing new"
+    rows_ += [("learned examples", learned), ("not learned", str(result.skipped))]
+    console.print(_result_table(f"held-out {heldout} ({result.before.rows} rows)", rows_))
+    if write and out is not None:
+        out.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        console.print(f"[green]wrote[/] {out}")
+    else:
+        console.print("[dim]report only: pass --write --out FILE to save the new policy[/]")
 
 
 @policy_app.command("validate")

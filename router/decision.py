@@ -24,6 +24,7 @@ ReasonCode = Literal[
     "specialist_low_confidence",
     "specialist_failed",
     "fallback_failed",
+    "budget_exceeded",
 ]
 """A stable label per reason, for metrics and logs; `reason` says the same in words with the numbers."""
 

@@ -25,6 +25,7 @@ from router.errors import SlmRouterError
 if TYPE_CHECKING:
     from policies import Policy
     from router.result import RouteResult
+    from router.shadow import ShadowRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,11 @@ COLUMNS = (
     "nodes_json",
     "scores_json",
     "conversation_id",
+    "cost",
+    "budget_exceeded",
 )
+# Columns added after the first release: an older log gets them on open (ALTER TABLE), old rows read 0.
+_ADDED = {"cost": "REAL NOT NULL DEFAULT 0", "budget_exceeded": "INTEGER NOT NULL DEFAULT 0"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -69,6 +74,15 @@ CREATE TABLE IF NOT EXISTS decisions (
     conversation_id TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+CREATE TABLE IF NOT EXISTS shadow (
+    decision_id INTEGER,
+    ts REAL NOT NULL,
+    route TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    agreement REAL NOT NULL,
+    fallback_ms REAL NOT NULL,
+    cost REAL NOT NULL
+);
 """
 
 _INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
@@ -92,6 +106,11 @@ class DecisionStats(BaseModel):
     escalation_rate_by_reason: dict[str, float]
     p50_ms: float | None
     p95_ms: float | None
+    cost: float = 0.0
+    cost_per_1k_requests: float = 0.0
+    budget_exceeded: int = 0
+    shadow_samples: dict[str, int] = {}
+    shadow_agreement: dict[str, float] = {}
 
 
 def default_log_path() -> Path:
@@ -142,6 +161,10 @@ class DecisionLog:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across crashes of the process
             conn.executescript(SCHEMA)
+            present = {r[1] for r in conn.execute("PRAGMA table_info(decisions)")}
+            for column, kind in _ADDED.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise DecisionLogError(f"cannot open decision log {self.path}: {exc}", self.path) from exc
         self._conn = conn
@@ -149,8 +172,9 @@ class DecisionLog:
 
     def record(
         self, result: RouteResult, text: str, log_text: bool, conversation_id: str | None = None
-    ) -> None:
-        """Append one decision. Never raises: a failure (full disk, bad path) is logged and dropped."""
+    ) -> int | None:
+        """Append one decision; returns its id. Never raises: a failure (full disk, bad path) is logged
+        and dropped, and the id is None."""
         try:
             scores = next((t.info.get("probabilities") for t in result.trace if t.node == "classify"), None)
             values = (
@@ -170,17 +194,46 @@ class DecisionLog:
                 json.dumps({t.node: t.ms for t in result.trace}),
                 json.dumps(scores or {}),
                 conversation_id,
+                result.cost,
+                int(result.budget_exceeded),
             )
-            with self._lock:
-                conn = self._connect(create=True)
-                with conn:
-                    conn.execute(_INSERT, values)
-            self._last_error = None
-        except Exception as exc:  # the request path must not fail because the log cannot be written
-            message = f"decision log {self.path}: {exc}"
-            if message != self._last_error:  # once per distinct problem, not once per request
-                log.warning("%s; decisions are not being recorded", message)
-            self._last_error = message
+            return self._write(_INSERT, values)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+
+    def record_shadow(self, record: ShadowRecord) -> None:
+        """Append one shadow comparison (same never-raise rule as `record`)."""
+        try:
+            self._write(
+                "INSERT INTO shadow VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.decision_id,
+                    time.time(),
+                    record.route,
+                    record.agent,
+                    record.agreement,
+                    record.fallback_ms,
+                    record.cost,
+                ),
+            )
+        except Exception as exc:
+            self._failed(exc)
+
+    def _write(self, sql: str, values: tuple[Any, ...]) -> int | None:
+        with self._lock:
+            conn = self._connect(create=True)
+            with conn:
+                row_id = conn.execute(sql, values).lastrowid
+        self._last_error = None
+        return row_id
+
+    def _failed(self, exc: Exception) -> None:
+        """The request path must not fail because the log cannot be written; warn once per problem."""
+        message = f"decision log {self.path}: {exc}"
+        if message != self._last_error:
+            log.warning("%s; decisions are not being recorded", message)
+        self._last_error = message
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -198,7 +251,12 @@ class DecisionLog:
         """Counts, escalation rates and latency percentiles over the last `since_s` seconds (or all)."""
         since = None if since_s is None else time.time() - since_s
         rows = self._query(
-            "SELECT route, action, escalated, reason_code, total_ms FROM decisions WHERE ts >= ?",
+            "SELECT route, action, escalated, reason_code, total_ms, cost, budget_exceeded "
+            "FROM decisions WHERE ts >= ?",
+            (since or 0.0,),
+        )
+        shadow = self._query(
+            "SELECT route, COUNT(*) AS n, AVG(agreement) AS mean FROM shadow WHERE ts >= ? GROUP BY route",
             (since or 0.0,),
         )
         total = len(rows)
@@ -212,6 +270,7 @@ class DecisionLog:
                 by_reason[r["reason_code"]] = by_reason.get(r["reason_code"], 0) + 1
         escalated = sum(by_reason.values())
         ms = np.array([r["total_ms"] for r in rows], dtype=float)
+        cost = float(sum(r["cost"] for r in rows))
         return DecisionStats(
             total=total,
             since=since,
@@ -222,6 +281,11 @@ class DecisionLog:
             escalation_rate_by_reason={k: v / total for k, v in sorted(by_reason.items())},
             p50_ms=float(np.percentile(ms, 50)) if total else None,
             p95_ms=float(np.percentile(ms, 95)) if total else None,
+            cost=cost,
+            cost_per_1k_requests=cost / total * 1000 if total else 0.0,
+            budget_exceeded=sum(r["budget_exceeded"] for r in rows),
+            shadow_samples={r["route"]: r["n"] for r in shadow},
+            shadow_agreement={r["route"]: round(r["mean"], 4) for r in shadow},
         )
 
     def export(self, out: Path, fmt: Literal["jsonl", "csv"] = "jsonl") -> int:

@@ -37,6 +37,7 @@ class EvalReport(BaseModel):
     escalation_rate: float
     routed_accuracy: float
     ece: float
+    escalation_rate_by_reason: dict[str, float]
     per_route: dict[str, RouteScore]
 
 
@@ -70,10 +71,22 @@ def policy_thresholds(policy: Policy, routes: list[str]) -> dict[str, float]:
     return {r: policy.threshold(r) for r in routes}
 
 
+def escalation_reasons(
+    data: ScoredSet, thresholds: dict[str, float], ood_threshold: float
+) -> dict[str, float]:
+    """Share of all rows escalated for each reason, checked in the order the router checks them."""
+    pred = data.probs.argmax(axis=1)
+    t = np.array([thresholds.get(r, 0.0) for r in data.routes])
+    ood = data.max_sim < ood_threshold
+    fallback_route = ~ood & ~data.servable[pred]
+    low = ~ood & ~fallback_route & (data.probs.max(axis=1) < t[pred])
+    shares = {"ood": ood.mean(), "fallback_route": fallback_route.mean(), "low_confidence": low.mean()}
+    return {reason: round(float(share), 4) for reason, share in shares.items() if share > 0}
+
+
 def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
-    point = evaluate(
-        data, policy_thresholds(policy, data.routes), policy.router.ood_threshold, Target("max_escalation", 1)
-    )
+    thresholds = policy_thresholds(policy, data.routes)
+    point = evaluate(data, thresholds, policy.router.ood_threshold, Target("max_escalation", 1))
     pred = data.probs.argmax(axis=1)
     in_scope = data.labels != OOD
     correct = pred == data.labels
@@ -99,6 +112,7 @@ def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
         ece=round(
             expected_calibration_error(data.probs.max(axis=1)[in_scope], correct[in_scope].astype(float)), 4
         ),
+        escalation_rate_by_reason=escalation_reasons(data, thresholds, policy.router.ood_threshold),
         per_route=per_route,
     )
     return result, point
@@ -129,33 +143,3 @@ def tuned_policy(policy: Policy, result: TuningResult) -> dict[str, object]:
         route["examples"] = [str(policy.resolve(e).resolve()) for e in route.get("examples", [])]
     data["router"]["ood_threshold"] = round(result.chosen.ood_threshold, 4)
     return data
-
-
-def plot_curve(result: TuningResult, baseline: Operating, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs, ys = zip(*result.curve, strict=True)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot([x * 100 for x in xs], ys, label="tuned thresholds")
-    ax.scatter(
-        [result.chosen.escalation_rate * 100], [result.chosen.quality], color="red", zorder=3, label="chosen"
-    )
-    ax.scatter(
-        [baseline.escalation_rate * 100],
-        [baseline.quality],
-        color="gray",
-        marker="x",
-        zorder=3,
-        label="policy before tuning",
-    )
-    ax.set_xlabel("% of requests escalated to the fallback")
-    ax.set_ylabel("quality (escalated counted as correct)")
-    ax.set_title("cost-quality curve")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)

@@ -43,7 +43,9 @@ class StepResult(BaseModel):
     result: AgentResult | None
     escalation: Escalation | None = None
     escalated: bool = False
+    budget_exceeded: bool = False
     error: str | None = None
+    text: str = ""
     ms: float
 
     def summary(self) -> StepOutput:
@@ -55,8 +57,12 @@ class StepResult(BaseModel):
         )
 
 
-def run_step(task: StepTask, pool: AgentPool, fallback: FallbackAgent | None) -> StepResult:
-    """The agent, its own confidence check, and the fallback for this step alone when it is too weak."""
+def run_step(
+    task: StepTask, pool: AgentPool, fallback: FallbackAgent | None, over_budget: str | None = None
+) -> StepResult:
+    """The agent, its own confidence check, and the fallback for this step alone when it is too weak.
+
+    `over_budget` says why the fallback is withheld (the escalation budget is spent)."""
     start = time.perf_counter()
     step = task.step
     result: AgentResult | None = None
@@ -73,8 +79,13 @@ def run_step(task: StepTask, pool: AgentPool, fallback: FallbackAgent | None) ->
         )
     except AgentError as exc:
         escalation = Escalation(code="specialist_failed", reason=f"specialist failed: {exc}")
-    outcome = StepResult(agent=step.agent, stage=task.stage, result=result, escalation=escalation, ms=0.0)
-    if escalation is not None and fallback is None:
+    outcome = StepResult(
+        agent=step.agent, stage=task.stage, result=result, escalation=escalation, text=task.text, ms=0.0
+    )
+    if escalation is not None and over_budget:
+        outcome.budget_exceeded = True
+        outcome.escalation = Escalation(code="budget_exceeded", reason=f"{escalation.reason}; {over_budget}")
+    elif escalation is not None and fallback is None:
         outcome.error = f"{escalation.reason}; no fallback to escalate to"
     elif escalation is not None and fallback is not None:
         try:

@@ -25,6 +25,8 @@ from agents.hosting import AgentPool
 from agents.langid import detect_language
 from policies import Policy
 from policies.schema import FlowConfig
+from router.budget import EscalationBudget
+from router.costs import answer_cost
 from router.decision import Decision, Escalation, check_specialist, decide
 from router.embedder import Embedder
 from router.errors import EmptyInputError, FallbackError, InputTooLargeError
@@ -67,6 +69,7 @@ class RouterState(TypedDict, total=False):
     escalation: Escalation | None
     answer: AgentResult
     degraded: bool
+    budget_exceeded: bool
     result: RouteResult
     trace: Annotated[list[TraceStep], _append_or_reset]
     history: list[Turn]
@@ -85,6 +88,7 @@ class Components:
     index: RouteIndex
     pool: AgentPool
     fallback: FallbackAgent | None
+    budget: EscalationBudget | None = None
 
 
 def normalise(text: str, max_chars: int) -> str:
@@ -110,6 +114,7 @@ def fresh_state(request: RouteRequest) -> dict[str, Any]:
         "escalation": None,
         "answer": None,
         "degraded": False,
+        "budget_exceeded": False,
         "multi": None,
         "flow": None,
         "flow_name": "",
@@ -243,9 +248,11 @@ class Controller:
         return update
 
     def specialist(self, state: RouterState) -> dict[str, Any]:
-        route = state["decision"].route
-        agent = self.c.policy.routes[route].agent
+        agent = self.c.policy.routes[state["decision"].route].agent
         assert agent is not None  # decide() only sends routes with an agent here
+        return self._run_specialist(state, agent)
+
+    def _run_specialist(self, state: RouterState, agent: str) -> dict[str, Any]:
         item = AgentInput(
             text=state["text"],
             language=state["language"],
@@ -289,6 +296,9 @@ class Controller:
 
     def fallback(self, state: RouterState) -> dict[str, Any]:
         assert self.c.fallback is not None
+        allowed, why_not = self.c.budget.allows() if self.c.budget else (True, "")
+        if not allowed:
+            return self._over_budget(state, why_not)
         prompt = self.c.policy.routes[state["decision"].route].fallback_prompt
         why = state.get("escalation")
         try:
@@ -306,6 +316,27 @@ class Controller:
                 "_info": {"error": str(exc), "kept": kept.agent},
             }
         return {"answer": answer, "_info": {"model": self.c.fallback.label}}
+
+    def _over_budget(self, state: RouterState, why_not: str) -> dict[str, Any]:
+        """The budget is spent: keep (or get) the best-guess specialist's answer and flag it, or reject."""
+        why = state.get("escalation")
+        reason = f"{why.reason if why else 'escalation'}; {why_not}"
+        kept = state.get("specialist")
+        agent = self.c.policy.routes[state["decision"].route].agent
+        info: dict[str, Any] = {"budget": why_not}
+        if self.c.policy.escalation.budget.when_exceeded == "specialist" and kept is None and agent:
+            ran = self._run_specialist(state, agent)
+            kept = ran.get("specialist")
+            info |= ran["_info"]
+        if self.c.policy.escalation.budget.when_exceeded == "reject":
+            kept = None
+        return {
+            "answer": kept,
+            "specialist": kept,
+            "budget_exceeded": True,
+            "escalation": Escalation(code="budget_exceeded", reason=reason),
+            "_info": info,
+        }
 
     def after_check(self, state: RouterState) -> str:
         """To the fallback when an escalation left no answer and there is a fallback to ask."""
@@ -330,7 +361,9 @@ class Controller:
         ]
 
     def flow_step(self, payload: dict[str, StepTask]) -> dict[str, Any]:
-        return {"flow_steps": [run_step(payload["task"], self.c.pool, self.c.fallback)]}
+        allowed, why_not = self.c.budget.allows() if self.c.budget else (True, "")
+        fallback = self.c.fallback if allowed else None
+        return {"flow_steps": [run_step(payload["task"], self.c.pool, fallback, why_not or None)]}
 
     def flow_join(self, state: RouterState) -> dict[str, Any]:
         """After a stage: its steps go to the trace, and a translation becomes the next stage's text."""
@@ -364,6 +397,9 @@ class Controller:
 
     def respond(self, state: RouterState) -> dict[str, Any]:
         result = self._flow_result(state) if state.get("flow_steps") else self._result(state)
+        if self.c.budget is not None:
+            spent = result.cost if result.escalated else 0.0
+            self.c.budget.record(result.escalated, spent)
         turn = Turn(text=state["text"], route=result.route, output=result.output)
         history = [*(state.get("history") or []), turn][-self.c.policy.memory.turns :]
         return {"result": result, "history": history}
@@ -380,6 +416,10 @@ class Controller:
             action = "fallback" if escalated else "specialist"
         why = state.get("escalation") or Escalation(code=decision.code, reason=decision.reason)
         steps = [*state["trace"]]
+        pricing, text = self.c.policy.pricing, state["text"]
+        cost = answer_cost(pricing, answer, text)
+        if specialist is not None and specialist is not answer:
+            cost += answer_cost(pricing, specialist, text)
         result = RouteResult(
             route=decision.route,
             action=action,
@@ -393,6 +433,8 @@ class Controller:
             reason_code=why.code,
             language=state["language"],
             degraded=state.get("degraded", False),
+            budget_exceeded=state.get("budget_exceeded", False),
+            cost=round(cost, 8),
             metadata=state["request"].metadata,
             trace=steps,
             total_ms=round(sum(s.ms for s in steps), 3),
@@ -412,7 +454,7 @@ class Controller:
         output, record = merge(
             name, self._flow(state), steps, state.get("flow_text") or state["text"], state["language"]
         )
-        escalated = [s for s in steps if s.escalated or s.error]
+        escalated = [s for s in steps if s.escalated or s.error or s.budget_exceeded]
         first = escalated[0].escalation if escalated and escalated[0].escalation else None
         why = decision.reason
         if escalated:
@@ -430,6 +472,8 @@ class Controller:
             reason_code=first.code if first else decision.code,
             language=state["language"],
             degraded=any(s.error for s in steps),
+            budget_exceeded=any(s.budget_exceeded for s in steps),
+            cost=round(sum(answer_cost(self.c.policy.pricing, s.result, s.text) for s in steps), 8),
             metadata=state["request"].metadata,
             trace=trace,
             total_ms=round(sum(t.ms for t in trace if not t.node.startswith("flow:")) + _stage_ms(steps), 3),

@@ -45,6 +45,10 @@ class RouteResult(BaseModel):
     degraded: bool = Field(
         default=False, description="True when the fallback failed and a weaker answer was kept."
     )
+    budget_exceeded: bool = Field(
+        default=False, description="The escalation budget was spent: answered locally (or rejected) instead."
+    )
+    cost: float = Field(default=0.0, description="Estimated cost of the models called (pricing.currency).")
     metadata: dict[str, Any] = Field(default_factory=dict)
     trace: list[TraceStep]
     total_ms: float

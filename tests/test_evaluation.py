@@ -12,7 +12,8 @@ from PIL import Image
 from policies import DEFAULT_POLICY, load_policy, policy_from_dict
 from policies.tuning import Target, evaluate, tune
 from router.api import Router
-from router.evaluation import plot_curve, read_rows, report, score, split, tuned_policy
+from router.evaluation import read_rows, report, score, split, tuned_policy
+from router.report import plot_curve
 
 ROWS = [
     ("Translate to Portuguese: the parcel is on its way", "translate"),
@@ -69,9 +70,28 @@ def test_cli_eval_and_tune(data_file: Path, tmp_path: Path) -> None:
     from router.cli import app
 
     runner = CliRunner()
-    evaluated = runner.invoke(app, ["eval", str(data_file), "--json"])
+    report_dir = tmp_path / "report"
+    evaluated = runner.invoke(
+        app, ["eval", str(data_file), "--json", "--out", str(report_dir), "--sample", "12"]
+    )
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.output[evaluated.output.index("{") :])["rows"] == 40
+    full = json.loads(evaluated.output[evaluated.output.index("{") :])
+    assert full["router"]["rows"] == 40 and sum(full["router"]["escalation_rate_by_reason"].values()) > 0
+    live = full["live"]
+    assert live["rows"] == 12 and {"guard", "classify", "decide", "total"} <= {
+        n["node"] for n in live["latency"]
+    }
+    assert all(n["p50_ms"] <= n["p95_ms"] <= n["p99_ms"] for n in live["latency"])
+    assert live["all_fallback_cost_per_1k_requests"] > live["cost_per_1k_requests"] >= 0
+    for picture in ("confusion.png", "reliability.png"):
+        assert (report_dir / picture).stat().st_size > 0
+        with Image.open(report_dir / picture) as image:
+            image.load()
+            assert image.format == "PNG" and min(image.size) > 100
+    markdown = (report_dir / "report.md").read_text()
+    assert "![Confusion matrix](confusion.png)" in markdown and "p50 / p95 / p99" in markdown
+    assert "<img src='reliability.png'" in (report_dir / "report.html").read_text()
+    assert json.loads((report_dir / "report.json").read_text()) == full
     out = tmp_path / "tuned.yaml"
     tuned = runner.invoke(app, ["tune", str(data_file), "--out", str(out), "--max-escalation", "0.6"])
     assert tuned.exit_code == 0, tuned.output

@@ -1,0 +1,18 @@
+"""Estimated cost of an answer from the policy's price table: provider-reported tokens when the fallback
+returns them, otherwise tokens estimated from characters."""
+
+from __future__ import annotations
+
+from agents.base import AgentResult, FallbackOutput
+from policies.schema import PricingConfig
+
+
+def answer_cost(pricing: PricingConfig, result: AgentResult | None, text: str) -> float:
+    if result is None:
+        return 0.0
+    details = result.details
+    if isinstance(details, FallbackOutput):
+        tokens_in = details.input_tokens or pricing.tokens(details.input_chars)
+        tokens_out = details.output_tokens or pricing.tokens(details.output_chars)
+        return pricing.cost("fallback", tokens_in, tokens_out)
+    return pricing.cost(result.agent, pricing.tokens(len(text)), pricing.tokens(len(result.output)))
