@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from policies import PolicyError, load_policy
+from policies import DEFAULT_POLICY, PolicyError, load_policy
 from router.errors import SlmRouterError
 
 if TYPE_CHECKING:
@@ -448,7 +448,8 @@ def learn(
     if write and out is None:
         _fail("--write needs --out: where to write the new policy")
     if write and out is not None and out.exists() and not force:
-        _fail(f"{out} exists (it may be the live policy); pass --force to overwrite it")
+        live = out.resolve() == (policy or DEFAULT_POLICY).resolve()
+        _fail(f"{out} {'is the policy in use' if live else 'exists'}; pass --force to overwrite it")
     try:
         log_rows = _decision_log(policy, db).tail(limit) if from_log else []
     except DecisionLogError as exc:

@@ -104,3 +104,15 @@ def test_cli_eval_and_tune(data_file: Path, tmp_path: Path) -> None:
         app, ["tune", str(data_file), "--out", str(out), "--budget", "1", "--min-accuracy", "0.9"]
     )
     assert both.exit_code == 2 and "exactly one target" in both.output
+
+
+def test_cli_tune_says_when_a_target_cannot_be_met(data_file: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    out = tmp_path / "never.yaml"
+    result = CliRunner().invoke(app, ["tune", str(data_file), "--out", str(out), "--max-escalation", "0"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "cannot be met" in message and "lowest reachable escalation" in message
+    assert not out.exists()
