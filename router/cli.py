@@ -630,7 +630,8 @@ def log_stats(
     policy: PolicyOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Requests per route and action, escalation rates (overall and per reason), p50/p95 latency."""
+    """Requests per route and action, escalation rates (overall and per reason), p50/p95 latency, cost,
+    and shadow-mode agreement per route."""
     seconds = None if since is None else _parse_since(since)
     try:
         stats = _decision_log(policy, db).stats(seconds)
@@ -643,7 +644,9 @@ def log_stats(
     p95 = "-" if stats.p95_ms is None else f"{stats.p95_ms:.0f} ms"
     console.print(
         f"{stats.total} decisions{f' in the last {since}' if since else ''}; "
-        f"escalated {stats.escalated} ({stats.escalation_rate:.1%}); latency p50 {p50}, p95 {p95}"
+        f"escalated {stats.escalated} ({stats.escalation_rate:.1%}); latency p50 {p50}, p95 {p95}; "
+        f"estimated cost {stats.cost:.4g} ({stats.cost_per_1k_requests:.4g} per 1k requests); "
+        f"held back by the escalation budget {stats.budget_exceeded}"
     )
     for title, counts in (("route", stats.by_route), ("action", stats.by_action)):
         table = Table(title=f"by {title}", title_justify="left")
@@ -659,6 +662,13 @@ def log_stats(
         table.add_column("share of requests", justify="right")
         for code, rate in sorted(stats.escalation_rate_by_reason.items(), key=lambda kv: -kv[1]):
             table.add_row(code, f"{rate:.1%}")
+        console.print(table)
+    if stats.shadow_samples:
+        table = Table(title="shadow mode: specialist vs fallback agreement (chrF)", title_justify="left")
+        for col in ("route", "samples", "agreement"):
+            table.add_column(col, justify="left" if col == "route" else "right")
+        for route, n in sorted(stats.shadow_samples.items()):
+            table.add_row(route, str(n), f"{stats.shadow_agreement[route]:.3f}")
         console.print(table)
 
 

@@ -46,6 +46,18 @@ class Metrics:
             ["route", "reason"],
             registry=self.registry,
         )
+        self.cost = Counter(
+            "slm_router_cost",
+            "Estimated cost of the models called (policy pricing.currency)",
+            ["answered_by"],
+            registry=self.registry,
+        )
+        self.budget_exceeded = Counter(
+            "slm_router_budget_exceeded",
+            "Escalations held back because the escalation budget was spent",
+            ["route"],
+            registry=self.registry,
+        )
         self.errors = Counter("slm_router_errors", "Requests that failed", ["type"], registry=self.registry)
         self.node_latency = Histogram(
             "slm_router_node_latency_seconds",
@@ -70,6 +82,10 @@ class Metrics:
         self.requests.labels(result.route, result.action, result.answered_by).inc()
         if result.escalated:
             self.escalations.labels(result.route, result.reason_code).inc()
+        if result.cost:
+            self.cost.labels(result.answered_by).inc(result.cost)
+        if result.budget_exceeded:
+            self.budget_exceeded.labels(result.route).inc()
         for step in result.trace:
             self.node_latency.labels(step.node).observe(step.ms / 1000)
 

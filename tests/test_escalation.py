@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from agents.base import AgentResult, FallbackOutput
 from policies import Policy, PolicyError, policy_from_dict
 from policies.schema import BudgetConfig, PricingConfig
 from router.api import Router
 from router.budget import EscalationBudget
+from router.cli import app
 from router.costs import answer_cost
 from router.decisions import DecisionLog
 from router.shadow import agreement
@@ -150,6 +152,8 @@ def test_shadow_mode_records_agreement(router: Router, default_policy: Policy, t
     assert 0.0 <= stats.shadow_agreement[first.route] <= 1.0
     assert stats.cost > 0  # the escalated request's fallback call
     r.close()
+    shown = " ".join(CliRunner().invoke(app, ["log", "stats", "--db", str(db)]).output.split())
+    assert "shadow mode" in shown and "estimated cost" in shown and first.route in shown
 
 
 def test_an_older_log_gains_the_new_columns(tmp_path: Path) -> None:

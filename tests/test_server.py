@@ -72,6 +72,9 @@ def test_routes_every_specialist_and_escalates_and_counts(client: httpx.Client) 
         == 1
     )
     assert metric(after, "slm_router_node_latency_seconds_count", node="classify") >= 4
+    assert metric(after, "slm_router_cost_total", answered_by="fallback") > metric(
+        before, "slm_router_cost_total", answered_by="fallback"
+    )
     assert 'slm_router_agent_queue_depth{agent="extract"}' in after
 
 
