@@ -3,7 +3,9 @@ validation split; thresholds tuned for a target on half of it and reported on th
 
     .venv/bin/python bench/clinc_tune.py --data ../shared/data --max-escalation 0.2
 
-Writes bench/results/clinc_tune.json and bench/results/clinc_curve.png.
+Writes bench/results/clinc_tune.json and the pictures bench/results/clinc_{curve,confusion,reliability}.png;
+`--policy-out FILE` also writes the CLINC policy (train utterances inline: keep it out of the repository),
+for `slm-router eval ../shared/data/clinc150_val.jsonl -p FILE`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from policies import DEFAULT_POLICY, policy_from_dict
 from policies.tuning import Target, evaluate, tune
 from router.embedder import Embedder
 from router.evaluation import policy_thresholds, read_rows, report, score, split
-from router.report import plot_curve
+from router.report import plot_confusion, plot_curve, plot_reliability
 from router.routes import RouteIndex
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,11 +48,13 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--max-escalation", type=float, default=0.2)
+    parser.add_argument("--policy-out", type=Path, help="Also write the CLINC policy YAML here.")
     args = parser.parse_args()
 
-    policy = policy_from_dict(
-        clinc_policy(args.data / "clinc150_train.jsonl"), base_dir=DEFAULT_POLICY.parent
-    )
+    policy_data = clinc_policy(args.data / "clinc150_train.jsonl")
+    policy = policy_from_dict(policy_data, base_dir=DEFAULT_POLICY.parent)
+    if args.policy_out:
+        args.policy_out.write_text(yaml.safe_dump(policy_data, sort_keys=False, allow_unicode=True))
     embedder = Embedder()
     start = time.perf_counter()
     index = RouteIndex.from_policy(policy, embedder)
@@ -71,6 +77,8 @@ def main() -> None:
         tuning, policy_thresholds(policy, tuning.routes), policy.router.ood_threshold, target
     )
     plot_curve(result, before_on_tuning, RESULTS / "clinc_curve.png")  # the curve is on the tuning split
+    plot_confusion(data, RESULTS / "clinc_confusion.png")
+    plot_reliability(data, before.ece, RESULTS / "clinc_reliability.png")
     out = {
         "routes": len(index.routes),
         "route_examples": len(index.texts),
@@ -79,6 +87,9 @@ def main() -> None:
         "scoring_s": round(score_s, 1),
         "tune_s": round(tune_s, 3),
         "eval_default_policy": before.model_dump(exclude={"per_route"}),
+        "worst_routes_f1": {
+            name: s.f1 for name, s in sorted(before.per_route.items(), key=lambda kv: kv[1].f1)[:5]
+        },
         "target": {"max_escalation": args.max_escalation},
         "tuning_split": {
             "escalation_rate": result.chosen.escalation_rate,

@@ -41,6 +41,7 @@ app.add_typer(log_app, name="log")
 console = Console()
 err = Console(stderr=True)
 
+CONSOLE_ROWS = 15
 PolicyOpt = Annotated[
     Path | None, typer.Option("--policy", "-p", help="Policy YAML (default: packaged preset).")
 ]
@@ -350,6 +351,8 @@ def _print_report(full: FullReport) -> None:
     from router.report import report_sections
 
     for heading, rows in report_sections(full):
+        if len(rows) > CONSOLE_ROWS:  # 150 routes: the console shows the worst, the report has them all
+            rows = [*rows[:CONSOLE_ROWS], ("...", f"{len(rows) - CONSOLE_ROWS} more in report.md")]
         console.print(_result_table(heading, rows))
 
 

@@ -90,6 +90,11 @@ class RouteIndex:
         self.routes = list(utterances)
         self.texts = [t for r in self.routes for t in utterances[r]]
         self.labels = np.array([i for i, r in enumerate(self.routes) for _ in utterances[r]])
+        # A route's examples are contiguous: slicing a block is much cheaper than masking (150+ routes).
+        ends = np.cumsum([len(utterances[r]) for r in self.routes])
+        self._blocks = [
+            slice(int(e - len(utterances[r])), int(e)) for r, e in zip(self.routes, ends, strict=True)
+        ]
         self.top_k = top_k
         self.ood_threshold = ood_threshold
         self.ood_route = ood_route
@@ -109,8 +114,8 @@ class RouteIndex:
     def _route_scores(self, sims: np.ndarray) -> np.ndarray:
         """sims: (n, N) similarities to all examples -> (n, R) route scores."""
         out = np.empty((sims.shape[0], len(self.routes)), dtype=np.float32)
-        for r in range(len(self.routes)):
-            block = sims[:, self.labels == r]
+        for r, columns in enumerate(self._blocks):
+            block = sims[:, columns]
             k = min(self.top_k, block.shape[1])
             top = -np.partition(-block, k - 1, axis=1)[:, :k]
             out[:, r] = np.where(np.isfinite(top), top, 0.0).mean(axis=1)
