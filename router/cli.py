@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, NoReturn, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,7 +25,7 @@ from router.errors import SlmRouterError
 if TYPE_CHECKING:
     from router.api import Router
     from router.decisions import DecisionLog
-    from router.report import FullReport
+    from router.report import FullReport, SpecialistReport
     from router.result import RouteResult
 
 app = typer.Typer(
@@ -307,10 +307,11 @@ def _specialist_evals(
     translation: Path | None,
     pair: str,
     show: bool,
-) -> dict[str, dict[str, Any]]:
-    """Each specialist on its own labelled file, with the agent the policy configures."""
+) -> dict[str, SpecialistReport]:
+    """Each specialist on its own labelled file, with the agent and the `min_confidence` the policy sets."""
     from agents.translation import parse_pair
     from router.api import build_agent
+    from router.report import SpecialistReport
     from router.specialist_eval import (
         evaluate_entities,
         evaluate_sentiment,
@@ -320,20 +321,30 @@ def _specialist_evals(
         read_translation,
     )
 
-    out: dict[str, dict[str, Any]] = {}
+    def min_confidence(agent: str) -> float | None:
+        routes = [r for r in router.policy.routes.values() if r.agent == agent]
+        return routes[0].min_confidence if routes else None
+
+    out: dict[str, SpecialistReport] = {}
     if sentiment is not None:
+        rows = read_sentiment(sentiment)
         agent = build_agent(router.policy, "sentiment", router.embedder)
-        out["sentiment"] = evaluate_sentiment(read_sentiment(sentiment), agent, show).model_dump()
+        result = evaluate_sentiment(rows, agent, min_confidence("sentiment"), show_progress=show)
+        out["sentiment"] = SpecialistReport(summary=result.summary(), details=result.model_dump(mode="json"))
     if entities is not None:
         agent = build_agent(router.policy, "extract", router.embedder)
-        out["entities"] = evaluate_entities(read_entities(entities), agent, show_progress=show).model_dump()
+        found = evaluate_entities(read_entities(entities), agent, show_progress=show)
+        out["entities"] = SpecialistReport(summary=found.summary(), details=found.model_dump(mode="json"))
     if translation is not None:
         source, target = parse_pair(pair)
+        rows_t = read_translation(translation, source, target)
         agent = build_agent(router.policy, "translate", router.embedder)
-        rows = read_translation(translation, source, target)
-        out[f"translation {source}-{target}"] = evaluate_translation(
-            rows, agent, source, target, show_progress=show
-        ).model_dump()
+        translated = evaluate_translation(
+            rows_t, agent, source, target, min_confidence("translate"), show_progress=show
+        )
+        out[f"translation {source}-{target}"] = SpecialistReport(
+            summary=translated.summary(), details=translated.model_dump(mode="json")
+        )
     return out
 
 

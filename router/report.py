@@ -50,11 +50,18 @@ class LiveSample(BaseModel):
     all_fallback_cost_per_1k_requests: float
 
 
+class SpecialistReport(BaseModel):
+    """One specialist's evaluation (`router.specialist_eval`): table rows, and every number for JSON."""
+
+    summary: list[tuple[str, str]]
+    details: dict[str, Any]
+
+
 class FullReport(BaseModel):
     data: str
     router: EvalReport | None = None
     live: LiveSample | None = None
-    specialists: dict[str, dict[str, Any]] = {}
+    specialists: dict[str, SpecialistReport] = {}
     pictures: dict[str, str] = {}
 
 
@@ -259,7 +266,7 @@ def report_sections(report: FullReport) -> list[tuple[str, list[tuple[str, str]]
             )
         )
     for name, result in report.specialists.items():
-        sections.append((f"Specialist: {name}", [(k, str(v)) for k, v in result.items()]))
+        sections.append((f"Specialist: {name}", result.summary))
     return sections
 
 
