@@ -260,7 +260,9 @@ def eval_(
     translation: Annotated[
         Path | None, typer.Option(help="JSONL parallel rows, e.g. {en, pt} (translation specialist).")
     ] = None,
-    pair: Annotated[str, typer.Option(help="Translation direction for --translation.")] = "en-pt",
+    pair: Annotated[
+        list[str] | None, typer.Option(help="Translation direction(s) for --translation (repeatable).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of tables.")] = False,
 ) -> None:
     """Route accuracy, per-route F1, OOS recall, calibration, escalation by reason, latency per node and
@@ -287,7 +289,9 @@ def eval_(
             if sample > 0:
                 with _progress(min(sample, len(texts)), "whole router on a sample", not as_json) as tick:
                     full.live = run_sample(router, texts, sample, progress=tick)
-        full.specialists = _specialist_evals(router, sentiment, entities, translation, pair, not as_json)
+        full.specialists = _specialist_evals(
+            router, sentiment, entities, translation, pair or ["en-pt"], not as_json
+        )
         paths = write_report(full, out)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
@@ -305,7 +309,7 @@ def _specialist_evals(
     sentiment: Path | None,
     entities: Path | None,
     translation: Path | None,
-    pair: str,
+    pairs: list[str],
     show: bool,
 ) -> dict[str, SpecialistReport]:
     """Each specialist on its own labelled file, with the agent and the `min_confidence` the policy sets."""
@@ -335,7 +339,9 @@ def _specialist_evals(
         agent = build_agent(router.policy, "extract", router.embedder)
         found = evaluate_entities(read_entities(entities), agent, show_progress=show)
         out["entities"] = SpecialistReport(summary=found.summary(), details=found.model_dump(mode="json"))
-    if translation is not None:
+    for pair in pairs:
+        if translation is None:
+            break
         source, target = parse_pair(pair)
         rows_t = read_translation(translation, source, target)
         agent = build_agent(router.policy, "translate", router.embedder)

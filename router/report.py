@@ -80,6 +80,7 @@ def run_sample(
     """Route `size` random rows through the whole graph, one at a time (latency as one request sees it)."""
     from router.errors import SlmRouterError
 
+    router.warmup()  # model loading is start-up, not request latency
     rows = random.Random(seed).sample(texts, min(size, len(texts)))
     results: list[RouteResult] = []
     errors = 0
