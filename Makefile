@@ -48,11 +48,17 @@ lint: install-dev
 
 # Developer targets: they read the public data sets in $(DATA) (not shipped).
 bench: install-dev
+	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/accuracy.py --data $(DATA)
 	$(PY) bench/latency.py
 	$(PY) bench/triage.py
 	$(PY) bench/serving.py
-	$(PY) bench/clinc_tune.py --data $(DATA)
+	$(PY) bench/clinc_tune.py --data $(DATA) --policy-out /tmp/slm-router-clinc.yaml
+	$(VENV)/bin/slm-router eval $(DATA)/clinc150_val.jsonl -p /tmp/slm-router-clinc.yaml --out bench/results/clinc_eval
+	$(VENV)/bin/slm-router eval --entities $(DATA)/ner_train.jsonl --translation $(DATA)/dev_translation_en-pt.jsonl \
+		--pair en-pt --pair pt-en --out bench/results/specialists
+	$(PY) bench/clinc_learn.py --data $(DATA)
+	$(PY) bench/fit_compare.py --data $(DATA)
 
 train-sentiment: install
 	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl
