@@ -286,6 +286,7 @@ class Router(Runnable[RouterInput, RouteResult]):
         check_agents(policy)
         self.policy = policy
         self._owns_embedder = embedder is None
+        self._owns_pool = pool is None  # a pool (or embedder) passed in may serve other routers too
         self.embedder = embedder or Embedder(
             policy.resolve(policy.router.embedder) if policy.router.embedder else None,
             micro_batch=(policy.hosting.max_batch_size, policy.hosting.batch_wait_timeout_s),
@@ -342,10 +343,11 @@ class Router(Runnable[RouterInput, RouteResult]):
             self.fallback.answer("Say OK.")
 
     def close(self) -> None:
-        """Stop the agent pool (and the Ray deployments it started)."""
+        """Stop the agent pool it built (and the Ray deployments it started)."""
         if self.shadow is not None:
             self.shadow.close()
-        self.pool.close()
+        if self._owns_pool:
+            self.pool.close()
         if self._owns_embedder:
             self.embedder.close()
         if self.decision_log is not None:
