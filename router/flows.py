@@ -106,7 +106,7 @@ def next_text(text: str, stage: list[FlowStep], results: list[StepResult]) -> st
     return text
 
 
-_LABELS = re.compile(r"\b(negative|neutral|positive)\b", re.IGNORECASE)
+SENTIMENT_WORDS = re.compile(r"\b(negative|neutral|positive)\b", re.IGNORECASE)
 _ORDER_LABELS = {"ORDER_ID", "TRACKING_NUMBER", "TICKET_ID"}
 _BILLING_LABELS = {"MONEY", "CARD_NUMBER"}
 
@@ -152,7 +152,7 @@ def _sentiment(step: StepResult | None) -> tuple[str | None, float | None]:
         return None, None
     if isinstance(step.result.details, SentimentOutput) and not step.escalated:
         return step.result.details.label, round(step.result.confidence, 4)
-    found = _LABELS.search(step.result.output)  # the fallback answered in words
+    found = SENTIMENT_WORDS.search(step.result.output)  # the fallback answered in words
     return (found.group(1).lower() if found else None), None
 
 

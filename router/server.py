@@ -102,6 +102,8 @@ class RoutingInfo(BaseModel):
     confidence: float
     specialist_confidence: float | None
     details: AgentDetails | None
+    budget_exceeded: bool
+    cost: float
     total_ms: float
 
 

@@ -2,9 +2,10 @@
 gone back, and the two answers are compared. Operators read the agreement per route in `slm-router log
 stats`: a live measure of how good the small models are, without labels.
 
-Agreement is chrF (character n-gram F-score, 0..1) between the two outputs: robust to case, punctuation
-and inflection, so "negative" vs "Negative." agrees and two translations that share most words score high.
-It is a similarity, not a correctness judgement; read trends and routes against each other.
+Agreement (0..1, see `agreement`) is a label match for sentiment and a recall-weighted character n-gram
+score (chrF) otherwise: robust to case, punctuation and inflection, so two translations that share most
+words score high. It is a similarity, not a correctness judgement; read trends and routes against each
+other.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
-from agents.base import AgentError
+from agents.base import AgentDetails, AgentError, ExtractionOutput, SentimentOutput
 from agents.fallback import FallbackAgent
 from policies import Policy
 from router.budget import EscalationBudget
 from router.costs import answer_cost
+from router.flows import SENTIMENT_WORDS
 from router.result import RouteResult
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,25 @@ class ShadowRecord(BaseModel):
     cost: float
 
 
-def agreement(specialist_output: str, fallback_output: str) -> float:
-    """chrF of the specialist's output against the fallback's (the reference), 0..1."""
+def agreement(output: str, details: AgentDetails | None, fallback_output: str) -> float:
+    """How far the fallback's answer confirms the specialist's, 0..1.
+
+    Sentiment: 1 when the first sentiment word in the fallback's answer is the specialist's label.
+    Extraction: the share of the specialist's entities that the fallback's answer mentions. Anything else
+    (translations): recall-weighted chrF (beta 3) of the specialist's output against the fallback's, as the
+    fallback tends to add words around the same content."""
     from sacrebleu.metrics import CHRF
 
-    if not specialist_output.strip() or not fallback_output.strip():
-        return float(specialist_output.strip() == fallback_output.strip())
-    return CHRF().sentence_score(specialist_output.lower(), [fallback_output.lower()]).score / 100
+    if isinstance(details, SentimentOutput):
+        said = SENTIMENT_WORDS.search(fallback_output)
+        return float(said is not None and said.group(1).lower() == details.label)
+    if isinstance(details, ExtractionOutput) and details.entities:
+        found = [e.text.lower() in fallback_output.lower() for e in details.entities]
+        return sum(found) / len(found)
+    ours, theirs = output.strip().lower(), fallback_output.strip().lower()
+    if not ours or not theirs:
+        return float(ours == theirs)
+    return CHRF(beta=3).sentence_score(theirs, [ours]).score / 100
 
 
 class Shadow:
@@ -90,7 +104,7 @@ class Shadow:
                     decision_id=decision_id,
                     route=result.route,
                     agent=result.answered_by,
-                    agreement=round(agreement(result.output, answer.output), 4),
+                    agreement=round(agreement(result.output, result.details, answer.output), 4),
                     fallback_ms=round((time.perf_counter() - start) * 1000, 3),
                     cost=round(cost, 8),
                 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.base import AgentResult, FallbackOutput
+from agents.base import AgentResult, Entity, ExtractionOutput, FallbackOutput, SentimentOutput
 from policies import Policy, PolicyError, policy_from_dict
 from policies.schema import BudgetConfig, PricingConfig
 from router.api import Router
@@ -87,10 +87,24 @@ def test_budget_and_pricing_are_validated_with_field_names(default_policy: Polic
     assert "'specialist' or 'reject'" in text
 
 
-def test_agreement_is_chrf_between_outputs() -> None:
-    assert agreement("negative", "Negative.") > 0.8
-    assert agreement("negative", "The customer is happy and positive.") < 0.3
-    assert agreement("", "") == 1.0 and agreement("", "something") == 0.0
+def test_agreement_reads_labels_for_sentiment_and_chrf_otherwise() -> None:
+    negative = SentimentOutput(label="negative", probabilities={"negative": 0.9})
+    assert agreement("negative", negative, "The message is negative: the parcel broke.") == 1.0
+    assert agreement("negative", negative, "Positive, although not negative in tone.") == 0.0
+    assert agreement("negative", negative, "I cannot tell.") == 0.0
+    entities = ExtractionOutput(
+        entities=[
+            Entity(label=label, text=text, start=0, end=len(text), score=0.99, source="pattern")
+            for label, text in (("ORDER_ID", "A12345"), ("MONEY", "$49.99"))
+        ]
+    )
+    found = "ORDER_ID A12345; MONEY $49.99"
+    assert agreement(found, entities, "The order number is A12345 and the amount is $49.99.") == 1.0
+    assert agreement(found, entities, "The order is a12345.") == 0.5
+    translation = "O meu pedido ainda não chegou."
+    assert agreement(translation, None, "Meu pedido ainda não chegou.") > 0.7
+    assert agreement(translation, None, "Olá, tudo bem?") < 0.3
+    assert agreement("", None, "") == 1.0 and agreement("", None, "something") == 0.0
 
 
 @pytest.fixture(scope="module")
