@@ -384,7 +384,10 @@ def tune(
     min_accuracy: Annotated[
         float | None, typer.Option(help="Target: local answers right this often.")
     ] = None,
-    budget: Annotated[float | None, typer.Option(help="Target: cost per request (fallback costs 1).")] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Target: cost per 1,000 requests, in the policy's pricing.currency."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
 ) -> None:
     """Choose per-route and OOD thresholds for one target on half the data; report on the other half."""
@@ -392,6 +395,7 @@ def tune(
 
     from policies.tuning import Target, TargetKind, TuningError, evaluate
     from policies.tuning import tune as choose
+    from router.costs import fallback_request_cost
     from router.evaluation import policy_thresholds, read_rows, score, split, tuned_policy
     from router.report import plot_curve
 
@@ -402,10 +406,18 @@ def tune(
     if out.exists() and not force:
         _fail(f"{out} exists; pass --force to overwrite it")
     kind, value = chosen_targets[0]
-    target = Target(cast(TargetKind, kind), value)
     router = _router(policy)
+    pricing = router.policy.pricing
     try:
         texts, routes = read_rows(data)
+        per_call = fallback_request_cost(router.policy, texts)
+        if kind == "budget" and per_call <= 0:
+            _fail("--budget needs a price for the fallback: set pricing.models.fallback in the policy")
+        target = (
+            Target("budget", value / 1000, fallback_cost=per_call)
+            if kind == "budget"
+            else Target(cast(TargetKind, kind), value, fallback_cost=per_call)
+        )
         scored = score(texts, routes, router.policy, router.index, router.embedder)
         tuning, held = split(scored)
         result = choose(tuning, target)
@@ -428,11 +440,16 @@ def tune(
         curve,
     )
     rows = [
-        (name, f"{b:.3f} -> {a:.3f}")
+        (name, f"{b:.4g} -> {a:.4g}")
         for name, b, a in (
             ("escalation rate", before.escalation_rate, after.escalation_rate),
             ("routed accuracy", before.routed_accuracy, after.routed_accuracy),
             ("quality", before.quality, after.quality),
+            (
+                f"cost per 1k requests ({pricing.currency}, estimated)",
+                before.cost_per_request * 1000,
+                after.cost_per_request * 1000,
+            ),
         )
     ]
     console.print(_result_table(f"report split ({len(held.labels)} rows), target {kind}={value:g}", rows))

@@ -4,6 +4,7 @@ returns them, otherwise tokens estimated from characters."""
 from __future__ import annotations
 
 from agents.base import AgentResult, FallbackOutput
+from policies import Policy
 from policies.schema import PricingConfig
 
 
@@ -16,3 +17,11 @@ def answer_cost(pricing: PricingConfig, result: AgentResult | None, text: str) -
         tokens_out = details.output_tokens or pricing.tokens(details.output_chars)
         return pricing.cost("fallback", tokens_in, tokens_out)
     return pricing.cost(result.agent, pricing.tokens(len(text)), pricing.tokens(len(result.output)))
+
+
+def fallback_request_cost(policy: Policy, texts: list[str]) -> float:
+    """What one fallback call costs on these texts, before any is made: the system prompt plus the mean
+    text in, `fallback.max_tokens` out (an upper bound: answers are usually shorter)."""
+    pricing = policy.pricing
+    chars_in = len(policy.fallback.system_prompt) + sum(map(len, texts)) / max(len(texts), 1)
+    return pricing.cost("fallback", pricing.tokens(chars_in), policy.fallback.max_tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,27 @@ def test_cli_tune_says_when_a_target_cannot_be_met(data_file: Path, tmp_path: Pa
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "cannot be met" in message and "lowest reachable escalation" in message
     assert not out.exists()
+
+
+def test_cli_tune_to_a_cost_budget_from_the_policy_prices(data_file: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from router.cli import app
+    from router.costs import fallback_request_cost
+
+    texts, _ = read_rows(data_file)
+    all_fallback_per_1k = fallback_request_cost(load_policy(), texts) * 1000
+    assert all_fallback_per_1k > 0
+    out = tmp_path / "budget.yaml"
+    budget = f"{all_fallback_per_1k * 0.6:.6f}"
+    result = CliRunner().invoke(app, ["tune", str(data_file), "--out", str(out), "--budget", budget])
+    assert result.exit_code == 0, result.output
+    assert "cost per 1k requests (USD, estimated)" in " ".join(result.output.split()) and out.exists()
+    presets = Path(shutil.copytree(DEFAULT_POLICY.parent, tmp_path / "presets"))
+    free = presets / "default.yaml"
+    priced = "fallback: {per_1k_input_tokens: 0.00015, per_1k_output_tokens: 0.0006}"
+    free.write_text(free.read_text().replace(priced, "fallback: {}"))
+    no_price = CliRunner().invoke(
+        app, ["tune", str(data_file), "-p", str(free), "--out", str(tmp_path / "x.yaml"), "--budget", "1"]
+    )
+    assert no_price.exit_code == 2 and "pricing.models.fallback" in " ".join(no_price.output.split())
