@@ -469,6 +469,12 @@ def learn(
     db: DbOpt = None,
     limit: Annotated[int, typer.Option(help="Most recent logged decisions to look at.")] = 1000,
     out: Annotated[Path | None, typer.Option(help="Where --write puts the new policy YAML.")] = None,
+    head_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --from-log: write teacher sentiment labels here (for `train sentiment --extra`)."
+        ),
+    ] = None,
     write: Annotated[bool, typer.Option(help="Write the new policy (without it: report only).")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
 ) -> None:
@@ -476,7 +482,7 @@ def learn(
     import yaml
 
     from router.decisions import DecisionLogError
-    from router.learning import Example, compare, learnable_rows, teach
+    from router.learning import Example, compare, learnable_rows, sentiment_rows, teach
     from router.routes import load_utterances
     from router.training import read_labelled
 
@@ -508,6 +514,12 @@ def learn(
             with _progress(len(rows), "teacher labelling escalations", True) as tick:
                 taught, skipped = teach(rows, router.fallback, load_utterances(router.policy), progress=tick)
             examples += taught
+            if head_data is not None:
+                routes = {n for n, r in router.policy.routes.items() if r.agent == "sentiment"}
+                prompt = next((router.policy.routes[n].fallback_prompt for n in sorted(routes)), None)
+                labelled = sentiment_rows(taught, routes, router.fallback, prompt)
+                head_data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in labelled))
+                console.print(f"[green]wrote[/] {len(labelled)} sentiment rows to {head_data}")
         heldout_rows = read_labelled(heldout, ("route", "expected_route", "intent"))
         result, data = compare(
             router.policy,

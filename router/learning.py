@@ -21,6 +21,7 @@ from agents.fallback import FallbackAgent
 from policies import Policy, policy_from_dict
 from router.embedder import Embedder
 from router.evaluation import EvalReport, report, score
+from router.flows import SENTIMENT_WORDS
 from router.routes import RouteIndex, load_utterances
 
 LEARNABLE = {"low_confidence", "low_margin", "ood", "fallback_route"}  # escalated by the router itself
@@ -81,6 +82,24 @@ def teach(
         else:
             skipped += 1
     return learned, skipped
+
+
+def sentiment_rows(
+    examples: list[Example], routes: set[str], teacher: FallbackAgent, prompt: str | None
+) -> list[dict[str, str]]:
+    """Head training data: the teacher's sentiment label for each learned example of a sentiment route
+    (rows for `slm-router train sentiment --extra`); answers without a label word are left out."""
+    rows = []
+    for ex in examples:
+        if ex.route not in routes:
+            continue
+        try:
+            said = SENTIMENT_WORDS.search(teacher.answer(ex.text, prompt).output)
+        except AgentError:
+            continue
+        if said:
+            rows.append({"text": ex.text, "label": said.group(1).lower()})
+    return rows
 
 
 def learnable_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from agents.base import AgentResult
 from policies import DEFAULT_POLICY, Policy, load_policy
 from router.api import Router
 from router.cli import app
-from router.learning import Example, compare, learnable_rows, teach, with_examples
+from router.learning import Example, compare, learnable_rows, sentiment_rows, teach, with_examples
 from router.routes import load_utterances
 from tests.conftest import policy_with
 
@@ -77,6 +77,9 @@ def test_teacher_labels_only_when_it_names_one_offered_route(router: Router) -> 
     teacher = Teacher({"a": "extract", "b": "Sentiment.\nBecause...", "c": "I think extract or sentiment"})
     learned, skipped = teach(usable, teacher, load_utterances(router.policy))  # type: ignore[arg-type]
     assert [(e.text, e.route) for e in learned] == [("a", "extract"), ("b", "sentiment")] and skipped == 1
+    labeller = Teacher({"a": "negative", "b": "It is Positive."})
+    rows_ = sentiment_rows(learned, {"sentiment"}, labeller, "- extract: the task")  # type: ignore[arg-type]
+    assert rows_ == [{"text": "b", "label": "positive"}]  # only sentiment-route examples
 
 
 def test_cli_reports_and_writes_only_when_asked(tmp_path: Path) -> None:
@@ -119,6 +122,11 @@ def test_cli_learns_from_logged_escalations_with_the_real_fallback(
         assert r.invoke(text).escalated
     r.close()
     held = _jsonl(tmp_path / "held.jsonl", HELD_OUT)
-    result = CliRunner().invoke(app, ["learn", "-p", str(policy_file), "--heldout", str(held), "--from-log"])
+    head = tmp_path / "head.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["learn", "-p", str(policy_file), "--heldout", str(held), "--from-log", "--head-data", str(head)],
+    )
     assert result.exit_code == 0, result.output
+    assert head.exists() and all(json.loads(line)["label"] for line in head.read_text().splitlines())
     assert "learned examples" in result.output and "not learned" in result.output
