@@ -16,33 +16,44 @@ from policies.schema import BudgetConfig
 
 
 class EscalationBudget:
+    """Running totals beside the windows, so a check costs O(1) however busy the hour was."""
+
     def __init__(self, config: BudgetConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
         self._requests: deque[tuple[float, bool]] = deque()  # (time, escalated)
         self._spend: deque[tuple[float, float]] = deque()  # (time, fallback cost), shadow calls included
+        self._escalated = 0  # escalated requests in `_requests`
+        self._spent = 0.0  # total cost in `_spend`
         self._lock = threading.Lock()
 
     def _trim(self, now: float) -> None:
         while self._requests and self._requests[0][0] < now - self.config.window_s:
-            self._requests.popleft()
+            self._escalated -= self._requests.popleft()[1]
         while self._spend and self._spend[0][0] < now - 3600.0:
-            self._spend.popleft()
+            self._spent -= self._spend.popleft()[1]
+        if not self._spend:
+            self._spent = 0.0  # no float drift once the hour is empty
+
+    def _add_spend(self, now: float, cost: float) -> None:
+        self._spend.append((now, cost))
+        self._spent += cost
 
     def record(self, escalated: bool, cost: float = 0.0) -> None:
         """One finished request, and what its fallback call cost (0 when it had none)."""
         with self._lock:
             now = self._clock()
             self._requests.append((now, escalated))
+            self._escalated += escalated
             if cost:
-                self._spend.append((now, cost))
+                self._add_spend(now, cost)
             self._trim(now)
 
     def charge(self, cost: float) -> None:
         """Fallback spend that is not a request of its own (a shadow call)."""
         with self._lock:
             now = self._clock()
-            self._spend.append((now, cost))
+            self._add_spend(now, cost)
             self._trim(now)
 
     def usage(self) -> tuple[float, float, int]:
@@ -50,8 +61,7 @@ class EscalationBudget:
         with self._lock:
             self._trim(self._clock())
             n = len(self._requests)
-            share = sum(e for _, e in self._requests) / n if n else 0.0
-            return share, sum(c for _, c in self._spend), n
+            return (self._escalated / n if n else 0.0), self._spent, n
 
     def allows(self) -> tuple[bool, str]:
         """Whether one more escalation fits, and if not, which cap it would break (in words)."""

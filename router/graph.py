@@ -294,10 +294,17 @@ class Controller:
         kept = escalation.reason if escalation else None
         return {"answer": result, "_info": {"escalate": None, "kept_despite": kept}}
 
+    def _over_budget_reason(self) -> str | None:
+        """Why the escalation budget withholds the fallback now, or None when it allows it."""
+        if self.c.budget is None:
+            return None
+        allowed, why_not = self.c.budget.allows()
+        return None if allowed else why_not
+
     def fallback(self, state: RouterState) -> dict[str, Any]:
         assert self.c.fallback is not None
-        allowed, why_not = self.c.budget.allows() if self.c.budget else (True, "")
-        if not allowed:
+        why_not = self._over_budget_reason()
+        if why_not is not None:
             return self._over_budget(state, why_not)
         prompt = self.c.policy.routes[state["decision"].route].fallback_prompt
         why = state.get("escalation")
@@ -324,12 +331,12 @@ class Controller:
         kept = state.get("specialist")
         agent = self.c.policy.routes[state["decision"].route].agent
         info: dict[str, Any] = {"budget": why_not}
-        if self.c.policy.escalation.budget.when_exceeded == "specialist" and kept is None and agent:
+        if self.c.policy.escalation.budget.when_exceeded == "reject":
+            kept = None
+        elif kept is None and agent:
             ran = self._run_specialist(state, agent)
             kept = ran.get("specialist")
             info |= ran["_info"]
-        if self.c.policy.escalation.budget.when_exceeded == "reject":
-            kept = None
         return {
             "answer": kept,
             "specialist": kept,
@@ -361,9 +368,8 @@ class Controller:
         ]
 
     def flow_step(self, payload: dict[str, StepTask]) -> dict[str, Any]:
-        allowed, why_not = self.c.budget.allows() if self.c.budget else (True, "")
-        fallback = self.c.fallback if allowed else None
-        return {"flow_steps": [run_step(payload["task"], self.c.pool, fallback, why_not or None)]}
+        over_budget = self._over_budget_reason()
+        return {"flow_steps": [run_step(payload["task"], self.c.pool, self.c.fallback, over_budget)]}
 
     def flow_join(self, state: RouterState) -> dict[str, Any]:
         """After a stage: its steps go to the trace, and a translation becomes the next stage's text."""
