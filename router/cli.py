@@ -482,6 +482,7 @@ def learn(
     import yaml
 
     from router.decisions import DecisionLogError
+    from router.evaluation import read_rows
     from router.learning import Example, compare, learnable_rows, sentiment_rows, teach
     from router.routes import load_utterances
     from router.training import read_labelled
@@ -520,14 +521,7 @@ def learn(
                 labelled = sentiment_rows(taught, routes, router.fallback, prompt)
                 head_data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in labelled))
                 console.print(f"[green]wrote[/] {len(labelled)} sentiment rows to {head_data}")
-        heldout_rows = read_labelled(heldout, ("route", "expected_route", "intent"))
-        result, data = compare(
-            router.policy,
-            examples,
-            router.embedder,
-            ([t for t, _ in heldout_rows], [r for _, r in heldout_rows]),
-            skipped,
-        )
+        result, data = compare(router.policy, examples, router.embedder, read_rows(heldout), skipped)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     finally:
@@ -713,7 +707,7 @@ def log_stats(
             table.add_row(code, f"{rate:.1%}")
         console.print(table)
     if stats.shadow_samples:
-        table = Table(title="shadow mode: specialist vs fallback agreement (chrF)", title_justify="left")
+        table = Table(title="shadow mode: specialist vs fallback agreement (0-1)", title_justify="left")
         for col in ("route", "samples", "agreement"):
             table.add_column(col, justify="left" if col == "route" else "right")
         for route, n in sorted(stats.shadow_samples.items()):

@@ -19,9 +19,10 @@ def answer_cost(pricing: PricingConfig, result: AgentResult | None, text: str) -
     return pricing.cost(result.agent, pricing.tokens(len(text)), pricing.tokens(len(result.output)))
 
 
-def fallback_request_cost(policy: Policy, texts: list[str]) -> float:
-    """What one fallback call costs on these texts, before any is made: the system prompt plus the mean
-    text in, `fallback.max_tokens` out (an upper bound: answers are usually shorter)."""
+def fallback_request_cost(policy: Policy, texts: list[str], output_tokens: float | None = None) -> float:
+    """What one fallback call costs on these texts, on average: the system prompt plus the mean text in,
+    `output_tokens` out (default `fallback.max_tokens`, an upper bound: answers are usually shorter)."""
     pricing = policy.pricing
     chars_in = len(policy.fallback.system_prompt) + sum(map(len, texts)) / max(len(texts), 1)
-    return pricing.cost("fallback", pricing.tokens(chars_in), policy.fallback.max_tokens)
+    out = policy.fallback.max_tokens if output_tokens is None else output_tokens
+    return pricing.cost("fallback", pricing.tokens(chars_in), out)

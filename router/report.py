@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from policies.tuning import OOD, Operating, ScoredSet, TuningResult
+from router.costs import fallback_request_cost
 from router.evaluation import EvalReport
 from router.result import RouteResult
 
@@ -99,16 +100,11 @@ def run_sample(
         if r.escalated or r.action == "reject":
             reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
     pricing = router.policy.pricing
-    fallback_out = [len(r.output) for r in results if r.answered_by == "fallback" and r.output] or [
-        round(router.policy.fallback.max_tokens * pricing.chars_per_token)
-    ]
-    prompt_chars = len(router.policy.fallback.system_prompt)
-    all_fallback = [
-        pricing.cost(
-            "fallback", pricing.tokens(prompt_chars + len(t)), pricing.tokens(float(np.mean(fallback_out)))
-        )
-        for t in rows
-    ]
+    answered = [len(r.output) for r in results if r.answered_by == "fallback" and r.output]
+    # Priced at the answers the fallback gave here; with none, at its max_tokens.
+    all_fallback = fallback_request_cost(
+        router.policy, rows, pricing.tokens(float(np.mean(answered))) if answered else None
+    )
     n = max(len(results), 1)
     return LiveSample(
         rows=len(rows),
@@ -118,7 +114,7 @@ def run_sample(
         latency=[_percentiles(node, ms) for node, ms in per_node.items() if ms],
         currency=pricing.currency,
         cost_per_1k_requests=round(sum(r.cost for r in results) / n * 1000, 6),
-        all_fallback_cost_per_1k_requests=round(float(np.mean(all_fallback)) * 1000, 6) if rows else 0.0,
+        all_fallback_cost_per_1k_requests=round(all_fallback * 1000, 6) if rows else 0.0,
     )
 
 
