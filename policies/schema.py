@@ -6,7 +6,7 @@ Policies hold numbers, names and paths only: nothing here imports a model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -447,6 +447,14 @@ class Policy(_Strict):
     def margin(self, route: str) -> float:
         value = self.routes[route].margin
         return self.router.default_margin if value is None else value
+
+    def portable_data(self) -> dict[str, Any]:
+        """The policy as YAML-ready data with its example files as absolute paths, so a policy written from
+        it (by `tune` or `learn`) can live anywhere."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for route in data["routes"].values():
+            route["examples"] = [str(self.resolve(e).resolve()) for e in route.get("examples", [])]
+        return data
 
     def resolve(self, path: str) -> Path:
         """Paths in a policy are relative to the policy file, so a policy directory can move as a unit."""

@@ -136,10 +136,8 @@ def _subset(data: ScoredSet, mask: np.ndarray) -> ScoredSet:
 def tuned_policy(policy: Policy, result: TuningResult) -> dict[str, object]:
     """The policy as YAML-ready data with the chosen thresholds; its example files become absolute paths, so
     the new file can live anywhere."""
-    data = policy.model_dump(mode="json", exclude_none=True)
+    data = policy.portable_data()
     for route, value in result.chosen.thresholds.items():
         data["routes"][route]["threshold"] = round(value, 4)
-    for route in data["routes"].values():
-        route["examples"] = [str(policy.resolve(e).resolve()) for e in route.get("examples", [])]
     data["router"]["ood_threshold"] = round(result.chosen.ood_threshold, 4)
     return data

@@ -111,7 +111,7 @@ def with_examples(policy: Policy, examples: list[Example]) -> tuple[dict[str, An
     """The policy (YAML-ready data) with the new examples added inline to their routes; duplicates of an
     existing example are dropped. Returns the data and how many examples each route gained."""
     current = load_utterances(policy)
-    data = policy.model_dump(mode="json", exclude_none=True)
+    data = policy.portable_data()
     added: dict[str, int] = {}
     for ex in examples:
         route = data["routes"].get(ex.route)
@@ -122,8 +122,6 @@ def with_examples(policy: Policy, examples: list[Example]) -> tuple[dict[str, An
             known.append(ex.text.strip())
             route.setdefault("utterances", []).append(ex.text.strip())
             added[ex.route] = added.get(ex.route, 0) + 1
-    for route in data["routes"].values():
-        route["examples"] = [str(policy.resolve(e).resolve()) for e in route.get("examples", [])]
     return data, added
 
 

@@ -113,10 +113,7 @@ def test_cli_learns_from_logged_escalations_with_the_real_fallback(
     db = tmp_path / "d.db"
     policy_file = tmp_path / "policy.yaml"
     conf = policy_with(default_policy, **{"decision_log.path": str(db), "privacy.log_text": True})
-    data = conf.model_dump(mode="json", exclude_none=True)
-    for route in data["routes"].values():
-        route["examples"] = [str(conf.resolve(e).resolve()) for e in route.get("examples", [])]
-    policy_file.write_text(json.dumps(data))
+    policy_file.write_text(json.dumps(conf.portable_data()))
     r = Router(conf, embedder=router.embedder, pool=router.pool)
     for text in ("order status", "not sure how I feel about this order"):
         assert r.invoke(text).escalated
