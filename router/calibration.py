@@ -32,12 +32,17 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(min(fine, key=lambda t: nll(scores, labels, float(t))))
 
 
+def confidence_bins(confidence: np.ndarray, bins: int = 10) -> np.ndarray:
+    """The equal-width bin (0..bins-1) of each confidence, as ECE and the reliability diagram count them."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     """Weighted gap between confidence and accuracy over equal-width confidence bins."""
     if len(confidence) == 0:
         return 0.0
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    idx = confidence_bins(confidence, bins)
     ece = 0.0
     for b in range(bins):
         mask = idx == b

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from policies.tuning import OOD, Operating, ScoredSet, TuningResult
+from router.calibration import confidence_bins
 from router.costs import fallback_request_cost
 from router.evaluation import EvalReport
 from router.result import RouteResult
@@ -170,9 +171,8 @@ def plot_reliability(data: ScoredSet, ece: float, out: Path, bins: int = 10) -> 
     in_scope = data.labels != OOD
     conf = data.probs.max(axis=1)[in_scope]
     correct = (data.probs.argmax(axis=1) == data.labels)[in_scope]
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    centres = (edges[:-1] + edges[1:]) / 2
+    idx = confidence_bins(conf, bins)
+    centres = (np.arange(bins) + 0.5) / bins
     accuracy = [correct[idx == b].mean() if (idx == b).any() else np.nan for b in range(bins)]
     counts = np.bincount(idx, minlength=bins)
     fig, ax = _figure(5, 5)
