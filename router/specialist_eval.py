@@ -13,12 +13,11 @@ row, declined ones included (as wrong / empty), so a specialist cannot look bett
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -34,9 +33,7 @@ from agents.base import (
 )
 from router.calibration import expected_calibration_error
 from router.decision import check_specialist
-from router.training import macro_f1
-
-T = TypeVar("T")
+from router.training import macro_f1, read_jsonl
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 BATCH_SIZE = 64
@@ -66,26 +63,6 @@ positives, and reported as `ignored_predictions`.
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def read_jsonl(path: Path, parse: Callable[[dict[str, Any]], T], expected: str) -> list[T]:
-    """One parsed row per non-blank line; a bad line raises ValueError naming `path:line` and what was
-    expected, so a data problem is fixed in the file rather than debugged in the metrics."""
-    rows: list[T] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise TypeError(f"a JSON object, not {type(data).__name__}")
-                rows.append(parse(data))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise ValueError(f"{path}:{n}: expected {expected}: {exc!r}") from None
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
 
 
 def _text(data: Mapping[str, Any], key: str) -> str:

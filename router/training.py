@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -16,6 +18,8 @@ from pydantic import BaseModel
 from agents.sentiment import SentimentHead
 from router.calibration import expected_calibration_error, fit_temperature
 from router.embedder import Embedder
+
+T = TypeVar("T")
 
 
 class SplitScore(BaseModel):
@@ -40,24 +44,36 @@ def split_of(text: str) -> str:
     return "test" if bucket == 0 else "calibration" if bucket == 1 else "train"
 
 
-def read_labelled(path: Path, label_keys: tuple[str, ...] = ("label",)) -> list[tuple[str, str]]:
-    """(text, label) per JSONL row, the label from the first of `label_keys` present; errors name the line."""
-    rows = []
+def read_jsonl(path: Path, parse: Callable[[dict[str, Any]], T], expected: str) -> list[T]:
+    """One parsed row per non-blank line; a bad line raises ValueError naming `path:line` and what was
+    expected, so a data problem is fixed in the file rather than debugged in the metrics."""
+    rows: list[T] = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                label = next(row[k] for k in label_keys if row.get(k) is not None)
-                rows.append((str(row["text"]), str(label)))
-            except (json.JSONDecodeError, KeyError, StopIteration, AttributeError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{n}: expected JSON with 'text' and one of {list(label_keys)}: {exc!r}"
-                ) from None
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise TypeError(f"a JSON object, not {type(data).__name__}")
+                rows.append(parse(data))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"{path}:{n}: expected {expected}: {exc!r}") from None
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
+
+
+def read_labelled(path: Path, label_keys: tuple[str, ...] = ("label",)) -> list[tuple[str, str]]:
+    """(text, label) per JSONL row, the label from the first of `label_keys` present; errors name the line."""
+
+    def parse(row: dict[str, Any]) -> tuple[str, str]:
+        label = next((row[k] for k in label_keys if row.get(k) is not None), None)
+        if label is None:
+            raise KeyError(label_keys)
+        return str(row["text"]), str(label)
+
+    return read_jsonl(path, parse, f"JSON with 'text' and one of {list(label_keys)}")
 
 
 def fit_head(
