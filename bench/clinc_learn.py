@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from policies import DEFAULT_POLICY, policy_from_dict
-from policies.tuning import OOD, Target, evaluate
+from policies.tuning import OOD, Target, escalated, evaluate
 from router.embedder import Embedder
 from router.evaluation import policy_thresholds, read_rows, score
 from router.learning import Example, compare
@@ -59,10 +59,8 @@ def main() -> None:
     seen = score(list(texts), list(routes), policy, index, embedder)
     thresholds = policy_thresholds(policy, seen.routes)
     on_traffic = evaluate(seen, thresholds, policy.router.ood_threshold, Target("max_escalation", 1.0))
-    pred = seen.probs.argmax(axis=1)
-    t = np.array([thresholds[r] for r in seen.routes])
-    escalated = (seen.max_sim < policy.router.ood_threshold) | (seen.probs.max(axis=1) < t[pred])
-    picked = [traffic[i] for i in np.flatnonzero(escalated & (seen.labels != OOD))]
+    sent_on = escalated(seen, thresholds, policy.router.ood_threshold)
+    picked = [traffic[i] for i in np.flatnonzero(sent_on & (seen.labels != OOD))]
     random_rows = random.Random(0).sample(traffic, len(picked))
     heldout = read_rows(args.data / "clinc150_val.jsonl")
     out: dict[str, object] = {

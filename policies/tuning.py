@@ -83,15 +83,24 @@ class TuningResult:
     )  # (escalation rate, quality) at the chosen OOD
 
 
+def escalated(data: ScoredSet, thresholds: dict[str, float], ood_threshold: float) -> np.ndarray:
+    """Which rows a setting sends to the fallback: out of distribution, a fallback-only route, or below
+    the top route's threshold."""
+    pred = data.probs.argmax(axis=1)
+    t = np.array([thresholds.get(r, 0.0) for r in data.routes])
+    return np.asarray(
+        (data.max_sim < ood_threshold) | ~data.servable[pred] | (data.probs.max(axis=1) < t[pred])
+    )
+
+
 def evaluate(
     data: ScoredSet, thresholds: dict[str, float], ood_threshold: float, target: Target
 ) -> Operating:
     """What a setting does on `data` (used on the tuning split and, unchanged, on the report split)."""
     pred = data.probs.argmax(axis=1)
-    conf = data.probs.max(axis=1)
-    t = np.array([thresholds.get(r, 0.0) for r in data.routes])
-    escalated = (data.max_sim < ood_threshold) | ~data.servable[pred] | (conf < t[pred])
-    return _operating(data, pred, escalated, thresholds, ood_threshold, target)
+    return _operating(
+        data, pred, escalated(data, thresholds, ood_threshold), thresholds, ood_threshold, target
+    )
 
 
 def tune(
