@@ -334,11 +334,11 @@ def _specialist_evals(
         rows = read_sentiment(sentiment)
         agent = build_agent(router.policy, "sentiment", router.embedder)
         result = evaluate_sentiment(rows, agent, min_confidence("sentiment"), show_progress=show)
-        out["sentiment"] = SpecialistReport(summary=result.summary(), details=result.model_dump(mode="json"))
+        out["sentiment"] = SpecialistReport.of(result)
     if entities is not None:
         agent = build_agent(router.policy, "extract", router.embedder)
         found = evaluate_entities(read_entities(entities), agent, show_progress=show)
-        out["entities"] = SpecialistReport(summary=found.summary(), details=found.model_dump(mode="json"))
+        out["entities"] = SpecialistReport.of(found)
     for pair in pairs:
         if translation is None:
             break
@@ -348,9 +348,7 @@ def _specialist_evals(
         translated = evaluate_translation(
             rows_t, agent, source, target, min_confidence("translate"), show_progress=show
         )
-        out[f"translation {source}-{target}"] = SpecialistReport(
-            summary=translated.summary(), details=translated.model_dump(mode="json")
-        )
+        out[f"translation {source}-{target}"] = SpecialistReport.of(translated)
     return out
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from router.api import Router
+    from router.specialist_eval import EntityEval, SentimentEval, TranslationEval
 
 CONFUSION_ROUTES = 20  # more than this and the matrix is unreadable: show the most confused routes
 
@@ -57,6 +58,10 @@ class SpecialistReport(BaseModel):
 
     summary: list[tuple[str, str]]
     details: dict[str, Any]
+
+    @classmethod
+    def of(cls, evaluation: SentimentEval | EntityEval | TranslationEval) -> SpecialistReport:
+        return cls(summary=evaluation.summary(), details=evaluation.model_dump(mode="json"))
 
 
 class FullReport(BaseModel):
