@@ -140,3 +140,15 @@ class AgentError(RuntimeError):
     def __init__(self, agent: str, message: str) -> None:
         super().__init__(f"agent {agent!r}: {message}")
         self.agent = agent
+
+
+class AgentOverloaded(AgentError):
+    """An agent pool refused work because it is full (its queue bound is reached): retry later.
+
+    Raised at once instead of queueing behind a backlog, so callers can shed load (HTTP 503/429 with
+    Retry-After) rather than wait out a timeout.
+    """
+
+    def __init__(self, agent: str, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(agent, message)
+        self.retry_after_s = retry_after_s

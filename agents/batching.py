@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from agents.base import AgentError
+from agents.base import AgentError, AgentOverloaded
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +36,10 @@ class MicroBatcher(Generic[T, R]):
     A hung agent cannot be interrupted (Python threads cannot be killed): the thread stays inside that
     call, its callers and those queued behind it time out on their own, `stuck` turns True (health), and
     when the call returns the thread skips the requests whose callers have already given up.
+
+    `max_pending` bounds the backlog: a request that would take the items waiting or in flight past it is
+    refused at once with AgentOverloaded (an idle batcher still takes a request of any size). None: no
+    bound.
     """
 
     def __init__(
@@ -45,8 +49,10 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int,
         wait_s: float,
         timeout_s: float,
+        max_pending: int | None = None,
     ) -> None:
         self.name = name
+        self.max_pending = max_pending
         self.run_groups = run_groups
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
@@ -66,6 +72,11 @@ class MicroBatcher(Generic[T, R]):
         with self._lock:
             if self._closed:
                 raise AgentError(self.name, "pool is closed")
+            limit = self.max_pending
+            if limit is not None and self._pending and self._pending + len(items) > limit:
+                raise AgentOverloaded(
+                    self.name, f"overloaded: {self._pending} items pending (max_pending {limit})"
+                )
             self._pending += len(items)
             self._queue.put(request)  # under the lock, so nothing is queued after close()'s sentinel
         return request.future
@@ -131,3 +142,30 @@ class MicroBatcher(Generic[T, R]):
             size += len(nxt.items)
         self._last_batch = len(batch)
         return batch
+
+
+def run_isolated(run: Callable[[list[T]], list[R]], groups: list[list[T]]) -> list[list[R] | Exception]:
+    """Run several callers' items as one call; if it fails, again caller by caller.
+
+    One poisoned request must not fail the neighbours it happened to be batched with, so a failed merged
+    call is re-run per group and each group gets its own results or its own exception.
+    """
+    if len(groups) > 1:
+        try:
+            merged = run([item for group in groups for item in group])
+        except Exception:
+            pass  # fall through to the retry group by group
+        else:
+            split: list[list[R] | Exception] = []
+            start = 0
+            for group in groups:
+                split.append(merged[start : start + len(group)])
+                start += len(group)
+            return split
+    outcomes: list[list[R] | Exception] = []
+    for group in groups:
+        try:
+            outcomes.append(run(group))
+        except Exception as exc:  # reported to that caller alone, never to the batcher
+            outcomes.append(exc)
+    return outcomes

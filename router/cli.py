@@ -237,6 +237,9 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=30,
         access_log=False,
+        # Past this many open connections uvicorn answers 503 itself: a backstop behind admission control.
+        limit_concurrency=conf.server.max_connections,
+        timeout_keep_alive=5,
     )
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -84,6 +85,15 @@ CREATE TABLE IF NOT EXISTS shadow (
     cost REAL NOT NULL
 );
 """
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def scrub_quotes(reason: str) -> str:
+    """Reasons are built without message text, but an agent's error may quote its input ('...'): without
+    `privacy.log_text`, quoted parts never reach the log."""
+    return _QUOTED.sub("'…'", reason)
+
 
 _INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * (len(COLUMNS) - 1))})"
 
@@ -184,7 +194,7 @@ class DecisionLog:
                 result.answered_by,
                 int(result.escalated),
                 result.reason_code,
-                result.reason,
+                result.reason if log_text else scrub_quotes(result.reason),
                 result.confidence,
                 result.specialist_confidence,
                 result.total_ms,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.batching import MicroBatcher
+from agents.batching import MicroBatcher, run_isolated
 from router.errors import ModelLoadError
 
 
@@ -124,15 +124,8 @@ class Embedder:
         return np.stack(self._batcher.submit(texts).result())
 
     def _encode_groups(self, groups: list[list[str]]) -> list[list[np.ndarray] | Exception]:
-        try:
-            vectors = list(self.encode([text for group in groups for text in group]))
-        except Exception as exc:  # every caller in the batch gets the same load/encode error
-            return [exc] * len(groups)
-        out: list[list[np.ndarray] | Exception] = []
-        for group in groups:
-            out.append(vectors[: len(group)])
-            vectors = vectors[len(group) :]
-        return out
+        """One forward pass for every caller; a text the tokenizer cannot take fails only its own request."""
+        return run_isolated(lambda texts: list(self.encode(texts)), groups)
 
     def close(self) -> None:
         if self._batcher is not None:

@@ -35,4 +35,27 @@ class ModelLoadError(SlmRouterError, RuntimeError):
 
 
 class FallbackError(SlmRouterError, RuntimeError):
-    """The fallback model was needed and could not answer (down, timed out, misconfigured)."""
+    """The fallback model was needed and could not answer (down, timed out, misconfigured).
+
+    `retry_after_s` is set when it is known when to try again (the circuit breaker's cooldown).
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OverloadedError(SlmRouterError, RuntimeError):
+    """Refused at once because the service (or an agent pool) is full; try again after `retry_after_s`."""
+
+    def __init__(
+        self, message: str, retry_after_s: float = 1.0, status: int = 503, reason: str = "overloaded"
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.status = status
+        self.reason = reason
+
+
+class RequestTimeoutError(SlmRouterError, TimeoutError):
+    """The request ran past its deadline (`limits.request_timeout_s`); its work was cancelled."""

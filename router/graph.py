@@ -2,7 +2,8 @@
 
 A route served by a flow (or a multi-intent request) fans out instead: decide -> flow_step (one `Send` per
 step of a stage, run concurrently) -> flow_join -> next stage ... -> respond. Every node appends timed
-`TraceStep`s, so a result explains itself; with a checkpointer the conversation `history` persists.
+`TraceStep`s, so a result explains itself. A conversation's earlier turns come in as `history` and the
+updated turns go out with the result (router/conversations.py keeps them between requests).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Annotated, Any, TypedDict, cast
 import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
-from pydantic import BaseModel
 
 from agents.base import AgentError, AgentInput, AgentResult
 from agents.fallback import FallbackAgent
@@ -26,6 +26,7 @@ from agents.langid import detect_language
 from policies import Policy
 from policies.schema import FlowConfig
 from router.budget import EscalationBudget
+from router.conversations import Turn
 from router.costs import answer_cost
 from router.decision import Decision, Escalation, check_specialist, decide
 from router.embedder import Embedder
@@ -44,14 +45,6 @@ def _append_or_reset(old: list[Any] | None, new: list[Any] | None) -> list[Any]:
     return [] if new is None else [*(old or []), *new]
 
 
-class Turn(BaseModel):
-    """One earlier exchange of a conversation."""
-
-    text: str
-    route: str
-    output: str
-
-
 FOLLOW_UP = re.compile(
     r"^\s*(and|also|what about|how about|same|it|that|this one|the other)\b", re.IGNORECASE
 )
@@ -59,6 +52,7 @@ FOLLOW_UP = re.compile(
 
 class RouterState(TypedDict, total=False):
     request: RouteRequest
+    deadline: float
     text: str
     language: str
     language_confidence: float
@@ -104,10 +98,12 @@ def normalise(text: str, max_chars: int) -> str:
     return text
 
 
-def fresh_state(request: RouteRequest) -> dict[str, Any]:
-    """The input of one request: every per-request key is reset, the conversation `history` is kept."""
+def fresh_state(request: RouteRequest, deadline: float, history: list[Turn] | None = None) -> dict[str, Any]:
+    """The input of one request: its deadline (`time.monotonic()`) and the conversation's earlier turns."""
     return {
         "request": request,
+        "deadline": deadline,
+        "history": history or [],
         "trace": None,
         "flow_steps": None,
         "specialist": None,
@@ -494,8 +490,8 @@ def _stage_ms(steps: list[StepResult]) -> float:
     return sum(per_stage.values())
 
 
-def build_graph(components: Components, checkpointer: Any = None) -> Any:
-    """The controller graph; with a checkpointer, state (the conversation `history`) persists per thread."""
+def build_graph(components: Components) -> Any:
+    """The controller graph; it holds no state between requests."""
     controller = Controller(components)
     graph = StateGraph(RouterState)
     for name in ("guard", "classify", "decide", "specialist", "check", "fallback"):
@@ -515,4 +511,4 @@ def build_graph(components: Components, checkpointer: Any = None) -> Any:
     graph.add_conditional_edges("check", controller.after_check, ["fallback", "respond"])
     graph.add_edge("fallback", "respond")
     graph.add_edge("respond", END)
-    return graph.compile(checkpointer=checkpointer)
+    return graph.compile()

@@ -42,7 +42,10 @@ class MultiIntent(BaseModel):
         return min(i.confidence for i in self.intents)
 
     def describe(self) -> str:
-        parts = ", ".join(f"{i.clause!r} -> {i.route} ({i.confidence:.2f})" for i in self.intents)
+        """Routes and confidences by clause number: reasons are logged, so they never quote the text."""
+        parts = ", ".join(
+            f"clause {n} -> {i.route} ({i.confidence:.2f})" for n, i in enumerate(self.intents, 1)
+        )
         return f"multi-intent: {parts}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -29,10 +30,43 @@ class _QueueDepth(Collector):
         yield family
 
 
+_BREAKER = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _Live(Collector):
+    """Gauges read at scrape time from their owners: the fallback's breaker and the admission queue."""
+
+    def __init__(self, fallback: Callable[[], dict[str, Any] | None]) -> None:
+        self.fallback = fallback
+        self.admission: Any = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.fallback()
+        if status is not None:
+            yield GaugeMetricFamily(
+                "slm_router_fallback_breaker_state",
+                "Fallback circuit breaker: 0 closed, 1 half-open, 2 open",
+                value=_BREAKER.get(str(status.get("breaker")), 2),
+            )
+            yield GaugeMetricFamily(
+                "slm_router_fallback_in_flight", "Fallback calls running", value=status.get("in_flight", 0)
+            )
+        if self.admission is not None:
+            yield GaugeMetricFamily(
+                "slm_router_admission_waiting",
+                "Requests waiting for an admission slot",
+                value=self.admission.waiting,
+            )
+
+
 class Metrics:
     """One registry per app (tests build several apps in one process)."""
 
-    def __init__(self, queue_depth: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], dict[str, int]],
+        fallback: Callable[[], dict[str, Any] | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "slm_router_requests",
@@ -76,7 +110,23 @@ class Metrics:
         self.in_flight = Gauge(
             "slm_router_in_flight_requests", "Requests being handled", registry=self.registry
         )
+        self.shed = Counter(
+            "slm_router_shed",
+            "Requests refused by admission control (429 queue_full, 503 queue_timeout)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cancelled = Counter(
+            "slm_router_cancelled",
+            "Requests whose client went away before the answer; their work was cancelled",
+            registry=self.registry,
+        )
         self.registry.register(_QueueDepth(queue_depth))
+        self._live = _Live(fallback)
+        self.registry.register(self._live)
+
+    def watch_admission(self, admission: Any) -> None:
+        self._live.admission = admission
 
     def observe(self, result: RouteResult) -> None:
         self.requests.labels(result.route, result.action, result.answered_by).inc()

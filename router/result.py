@@ -4,10 +4,43 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from agents.base import AgentDetails
 from router.decision import ReasonCode
+
+_INT64 = 2**63
+MAX_DEPTH = 8
+
+
+def _check_value(value: Any, where: str, depth: int = 0) -> None:
+    """Reject what no model, store or JSON encoder downstream can take, here at the edge as a 422.
+
+    A lone surrogate (JSON "\\ud800") is a valid Python str but cannot be encoded as UTF-8, so it would fail
+    deep inside a tokenizer and take the neighbours of a shared batch with it; an integer beyond 64 bits
+    or a deeply nested value fails in serializers the same way.
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{where}: not valid Unicode text (lone surrogate at character {exc.start})"
+            ) from None
+    elif isinstance(value, bool) or value is None or isinstance(value, float):
+        return
+    elif isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise ValueError(f"{where}: integer out of the 64-bit range")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(key, f"{where} key", depth + 1)
+            _check_value(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_value(item, f"{where}[{i}]", depth + 1)
 
 
 class RouteRequest(BaseModel):
@@ -20,6 +53,12 @@ class RouteRequest(BaseModel):
         default_factory=dict, description="Passed to the agent, e.g. target_language."
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Carried through to the result.")
+
+    @field_validator("text", "route", "conversation_id", "params", "metadata")
+    @classmethod
+    def _encodable(cls, value: Any, info: Any) -> Any:
+        _check_value(value, info.field_name)
+        return value
 
 
 class TraceStep(BaseModel):

@@ -7,8 +7,8 @@ the server log.
 import asyncio
 import ipaddress
 import logging
+import math
 import os
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,22 +18,27 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPBearer
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.base import AgentDetails
 from policies.schema import ServerConfig
-from router.api import Router
+from router.admission import Admission
+from router.api import RouteEvent, Router
 from router.decision import ReasonCode
 from router.errors import (
     FallbackError,
     InputTooLargeError,
     InvalidInputError,
     ModelLoadError,
+    OverloadedError,
+    RequestTimeoutError,
     SlmRouterError,
     UnknownRouteError,
 )
+from router.gate import Gate
 from router.metrics import Metrics
 from router.result import RouteRequest, RouteResult
 
@@ -50,13 +55,18 @@ class ServerConfigError(SlmRouterError, ValueError):
 
 
 class BatchRequest(BaseModel):
-    requests: list[RouteRequest] = Field(min_length=1)
+    """Items are validated one by one (see `route_batch`), so one bad item cannot fail the batch."""
+
+    requests: list[dict[str, Any]] = Field(
+        min_length=1, json_schema_extra={"items": {"$ref": "#/components/schemas/RouteRequest"}}
+    )
 
 
 class ErrorBody(BaseModel):
     type: str
     message: str
     details: list[dict[str, Any]] | None = None
+    status: int | None = Field(default=None, description="In a batch item: the status it would have alone.")
 
 
 class BatchItem(BaseModel):
@@ -139,21 +149,62 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (UnknownRouteError, 400, "unknown_route"),
     (FallbackError, 503, "fallback_unavailable"),
     (ModelLoadError, 503, "model_unavailable"),
+    (RequestTimeoutError, 504, "request_timeout"),
 ]
 
 
-def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+class ErrorResponse(BaseModel):
+    """The one error shape of every 4xx/5xx answer."""
+
+    error: ErrorBody
+
+
+def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an endpoint can answer, all with `ErrorResponse`."""
+    meaning = {
+        400: "Unknown route or undecodable body",
+        401: "Missing or invalid API key",
+        404: "Unknown model",
+        413: "Body, batch or text too large",
+        422: "Invalid request (field, encoding, nesting)",
+        429: "Admission queue full: retry after `Retry-After` seconds",
+        503: "Overloaded, fallback unavailable (circuit open) or model missing; see `Retry-After`",
+        504: "The request ran past limits.request_timeout_s",
+    }
+    return {status: {"model": ErrorResponse, "description": meaning[status]} for status in statuses}
+
+
+ROUTING_ERRORS = _documented(400, 401, 413, 422, 429, 503, 504)
+
+
+def _error(
+    status: int,
+    kind: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    retry_after_s: float | None = None,
+) -> JSONResponse:
     body = ErrorBody(type=kind, message=message, details=details).model_dump(exclude_none=True)
-    return JSONResponse({"error": body}, status_code=status)
+    response = JSONResponse({"error": body}, status_code=status)
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return response
 
 
-def classify_error(exc: Exception) -> tuple[int, str, str]:
+def classify_error(exc: BaseException) -> tuple[int, str, str]:
+    if isinstance(exc, OverloadedError):
+        return exc.status, exc.reason, str(exc)
     for cls, status, kind in _STATUS:
         if isinstance(exc, cls):
             return status, kind, str(exc)
     incident = uuid.uuid4().hex[:12]
-    log.exception("unhandled error (incident %s)", incident, exc_info=exc)
+    log.error("unhandled error (incident %s)", incident, exc_info=exc)
     return 500, "internal_error", f"internal error (incident {incident}); see the server log"
+
+
+def retry_after(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after_s", None)
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -199,13 +250,19 @@ def resolve_api_keys(settings: ServerConfig, host: str) -> set[str] | None:
 
 # --- app ----------------------------------------------------------------------------------------------
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
 
 def create_app(
     router: Router, settings: ServerConfig, api_keys: set[str] | None, warmup: bool = True
 ) -> FastAPI:
     """The FastAPI app around one Router; `api_keys=None` means no auth (see `resolve_api_keys`)."""
-    metrics = Metrics(router.pool.queue_depth)
+    metrics = Metrics(router.pool.queue_depth, router.fallback_status)
     state = {"ready": False}
+    admission = Admission(settings.max_in_flight, settings.max_queue, settings.queue_timeout_s)
+    metrics.watch_admission(admission)
+    # Nodes cut their own timeouts to the request's deadline and answer first; this is the backstop.
+    deadline_s = router.policy.limits.request_timeout_s + 1.0
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -222,132 +279,167 @@ def create_app(
         summary="Route each request to the cheapest model that can answer it well.",
         lifespan=lifespan,
     )
+    # Only documents the scheme in OpenAPI: the key itself is checked by the Gate, before the body is read.
     bearer = HTTPBearer(auto_error=False, description="API key from $" + settings.api_keys_env)
 
-    async def authorised(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if api_keys is None:
-            return
-        given = creds.credentials if creds else ""
-        if not any(secrets.compare_digest(given, key) for key in api_keys):
-            raise _Unauthorized()
+    async def tenant(request: Request, _: Annotated[Any, Depends(bearer)]) -> str:
+        return str(request.state.tenant)
 
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorised(_: Request, __: _Unauthorized) -> JSONResponse:
-        response = _error(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+    Tenant = Annotated[str, Depends(tenant)]
+
+    def failed(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        if kind in ("queue_full", "queue_timeout"):
+            metrics.shed.labels(kind).inc()
+        return _error(status, kind, message, **extra)
+
+    def failed_with(exc: BaseException) -> JSONResponse:
+        status, kind, message = classify_error(exc)
+        return failed(status, kind, message, retry_after_s=retry_after(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, details = _validation_details(exc)
-        return _error(422, "invalid_request", message, details)
+        return failed(422, "invalid_request", message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. invalid UTF-8)
-            return _error(400, "invalid_request", f"body is not valid UTF-8 JSON: {exc.detail}")
-        return _error(exc.status_code, "http_error", str(exc.detail))
+            return failed(400, "invalid_request", f"body is not valid UTF-8 JSON: {exc.detail}")
+        return failed(exc.status_code, "http_error", str(exc.detail))
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(SlmRouterError)
+    async def _typed(_: Request, exc: SlmRouterError) -> JSONResponse:
+        return failed_with(exc)
+
+    @app.exception_handler(Exception)  # a bug: a JSON 500 with an incident id, the traceback to the log
     async def _any(_: Request, exc: Exception) -> JSONResponse:
-        status, kind, message = classify_error(exc)
-        metrics.errors.labels(kind).inc()
-        return _error(status, kind, message)
+        return failed_with(exc)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return _error(
-                413, "body_too_large", f"body of {length} bytes; the limit is {settings.max_body_bytes}"
-            )
-        try:
-            response: Response = await call_next(request)
-        except Exception as exc:  # errors raised past the handlers (e.g. in middleware) still get JSON
-            status, kind, message = classify_error(exc)
-            return _error(status, kind, message)
-        return response
-
-    async def route_one(request: RouteRequest, endpoint: str) -> RouteResult:
+    async def route_one(request: RouteRequest, endpoint: str, tenant: str) -> RouteResult:
+        """One message through the router, within the request deadline; the caller holds its admission."""
         metrics.in_flight.inc()
         start = time.perf_counter()
+        config: RunnableConfig = {"configurable": {"tenant": tenant}}
         try:
-            result = await router.ainvoke(request)
-        except SlmRouterError as exc:
-            metrics.errors.labels(classify_error(exc)[1]).inc()
-            raise
+            result = await asyncio.wait_for(router.ainvoke(request, config), deadline_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f"no answer within {deadline_s - 1:g} s (limits.request_timeout_s)"
+            ) from None
         finally:
             metrics.in_flight.dec()
             metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
         metrics.observe(result)
         return result
 
-    protected = [Depends(authorised)]
+    protected: dict[str, Any] = {"responses": ROUTING_ERRORS, "tags": ["routing"]}
 
-    @app.post("/v1/route", response_model=RouteResult, dependencies=protected, tags=["routing"])
-    async def route(request: RouteRequest) -> RouteResult:
+    @app.post("/v1/route", response_model=RouteResult, **protected)
+    async def route(request: RouteRequest, tenant: Tenant) -> RouteResult:
         """Route one message; the result says who answered, how sure each step was and why."""
-        return await route_one(request, "route")
+        async with admission.slot():
+            return await route_one(request, "route", tenant)
 
     @app.post(
         "/v1/route/stream",
-        dependencies=protected,
+        response_model=None,
+        responses={200: {"content": {"text/event-stream": {}}}, **ROUTING_ERRORS},
         tags=["routing"],
-        responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def route_stream(request: RouteRequest) -> StreamingResponse:
+    async def route_stream(request: RouteRequest, tenant: Tenant) -> StreamingResponse | JSONResponse:
         """Server-sent events as the request moves through the graph: `node`, `escalation`, then `result`
-        (a `RouteResult`), or `error` with the same body as the non-streaming errors."""
+        (a `RouteResult`). An error before the first event is a plain JSON error with its status; after
+        it, the last event is `error` with the same body."""
+        slot = admission.slot()
+        await slot.__aenter__()  # held until the stream ends (or fails)
+        metrics.in_flight.inc()
+        config: RunnableConfig = {"configurable": {"tenant": tenant}}
+        progress = router.astream_progress(request, config).__aiter__()
+
+        async def finish() -> None:
+            metrics.in_flight.dec()
+            await slot.__aexit__(None, None, None)
+
+        try:
+            first = await progress.__anext__()
+        except BaseException as exc:
+            await finish()
+            if isinstance(exc, Exception):
+                return failed_with(exc)
+            raise
 
         async def events() -> AsyncIterator[str]:
-            metrics.in_flight.inc()
             try:
-                async for event in router.astream_progress(request):
+                event: RouteEvent | None = first
+                while event is not None:
                     if event.result is not None:
                         metrics.observe(event.result)
                     yield f"event: {event.event}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
+                    event = await anext(progress, None)
             except Exception as exc:  # the status line is already sent: the error becomes the last event
                 _, kind, message = classify_error(exc)
                 metrics.errors.labels(kind).inc()
                 body = ErrorBody(type=kind, message=message).model_dump_json(exclude_none=True)
                 yield f'event: error\ndata: {{"error": {body}}}\n\n'
             finally:
-                metrics.in_flight.dec()
+                await finish()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.post("/v1/route/batch", response_model=BatchResponse, dependencies=protected, tags=["routing"])
-    async def route_batch(batch: BatchRequest) -> BatchResponse | JSONResponse:
-        """Route many messages concurrently; one bad item gets an error entry, the others still answer."""
+    @app.post("/v1/route/batch", response_model=BatchResponse, **protected)
+    async def route_batch(batch: BatchRequest, tenant: Tenant) -> BatchResponse | JSONResponse:
+        """Route many messages concurrently. Each item is validated and answered on its own: a bad item
+        gets an `error` entry with the status it would have had alone, the others still answer."""
         if len(batch.requests) > settings.max_batch:
-            return _error(
+            return failed(
                 413, "batch_too_large", f"{len(batch.requests)} requests; the limit is {settings.max_batch}"
             )
-        outcomes = await asyncio.gather(
-            *(route_one(r, "batch") for r in batch.requests), return_exceptions=True
-        )
+
+        async def one(raw: Any) -> RouteResult:
+            try:
+                request = RouteRequest.model_validate(raw)
+            except ValidationError as exc:
+                raise InvalidInputError(_item_problem(exc)) from None
+            return await route_one(request, "batch", tenant)
+
+        async with admission.slot(len(batch.requests)):
+            outcomes = await asyncio.gather(*(one(r) for r in batch.requests), return_exceptions=True)
         items = []
         for outcome in outcomes:
             if isinstance(outcome, RouteResult):
                 items.append(BatchItem(result=outcome))
+            elif isinstance(outcome, Exception):
+                status, kind, message = classify_error(outcome)
+                metrics.errors.labels(kind).inc()
+                items.append(BatchItem(error=ErrorBody(type=kind, message=message, status=status)))
             else:
-                _, kind, message = classify_error(outcome if isinstance(outcome, Exception) else Exception())
-                items.append(BatchItem(error=ErrorBody(type=kind, message=message)))
+                raise outcome
         return BatchResponse(results=items)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, dependencies=protected, tags=["openai"])
-    async def chat_completions(body: ChatCompletionRequest) -> ChatCompletion | JSONResponse:
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses=_documented(401, 404, 413, 422, 429, 503, 504),
+        tags=["openai"],
+    )
+    async def chat_completions(body: ChatCompletionRequest, tenant: Tenant) -> ChatCompletion | JSONResponse:
         """OpenAI-compatible: the last user message is routed; `slm_router` says how it was answered."""
         if body.model != MODEL_NAME:
-            return _error(
+            return failed(
                 404, "model_not_found", f"unknown model {body.model!r}; this server serves {MODEL_NAME!r}"
             )
         if body.stream:
-            return _error(400, "unsupported", "stream=true is not supported yet; send stream=false")
+            return failed(400, "unsupported", "stream=true is not supported yet; send stream=false")
         user = [m for m in body.messages if m.role == "user"]
         if not user:
-            return _error(422, "invalid_request", "messages: at least one message with role 'user' is needed")
-        result = await route_one(RouteRequest(text=user[-1].text()), "chat")
+            return failed(422, "invalid_request", "messages: at least one message with role 'user' is needed")
+        try:
+            request = RouteRequest(text=user[-1].text())
+        except ValidationError as exc:
+            return failed(422, "invalid_request", _item_problem(exc))
+        async with admission.slot():
+            result = await route_one(request, "chat", tenant)
         info = RoutingInfo(**result.model_dump(include=set(RoutingInfo.model_fields)))
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -356,8 +448,20 @@ def create_app(
             slm_router=info,
         )
 
-    @app.get("/v1/routes", response_model=list[RouteInfo], dependencies=protected, tags=["routing"])
-    async def routes() -> list[RouteInfo]:
+    @app.delete(
+        "/v1/conversations/{conversation_id}",
+        status_code=204,
+        responses=_documented(401, 404),
+        tags=["routing"],
+    )
+    async def forget(conversation_id: str, tenant: Tenant) -> Response:
+        """Delete the memory of one of the caller's conversations (another tenant's is never reachable)."""
+        if not await asyncio.to_thread(router.forget, conversation_id, tenant):
+            return failed(404, "not_found", "no such conversation for this API key")
+        return Response(status_code=204)
+
+    @app.get("/v1/routes", response_model=list[RouteInfo], responses=_documented(401), tags=["routing"])
+    async def routes(_: Tenant) -> list[RouteInfo]:
         counts = router.index.example_counts()
         return [
             RouteInfo(
@@ -375,15 +479,20 @@ def create_app(
         """The process is up (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "Not ready"}})
     async def readyz() -> JSONResponse:
-        """Models loaded and every agent can serve (readiness)."""
+        """Models loaded and every agent can serve (readiness). A fallback that is down does not make the
+        service unready (most traffic never needs it): it shows as `degraded`, with the breaker's state."""
         agents = await asyncio.to_thread(router.pool.health)
+        fallback = router.fallback_status()
         ready = state["ready"] and all(agents.values())
+        degraded = fallback is not None and fallback.get("breaker") != "closed"
         body = {
-            "status": "ready" if ready else "not_ready",
+            "status": ("degraded" if degraded else "ready") if ready else "not_ready",
             "models_loaded": state["ready"],
             "agents": agents,
+            "fallback": fallback,
+            "admission": {"in_flight": admission.in_flight, "waiting": admission.waiting},
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -392,8 +501,18 @@ def create_app(
         """Prometheus text format: requests and escalations by route and reason, latency per node."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    app.add_middleware(
+        Gate,
+        api_keys=api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        open_paths=OPEN_PATHS,
+        on_error=lambda kind: metrics.errors.labels(kind).inc(),
+        on_cancel=metrics.cancelled.inc,
+    )
     return app
 
 
-class _Unauthorized(Exception):
-    pass
+def _item_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+    return f"{where}: {first.get('msg')}"

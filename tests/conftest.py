@@ -158,3 +158,21 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def _fake_llm_server() -> Iterator[Any]:
+    from tests.fake_llm import FakeLLM
+
+    fake = FakeLLM()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_llm(_fake_llm_server: Any) -> Iterator[Any]:
+    """A fake OpenAI-compatible server (tests/fake_llm.py), one per session, back to `ok` for each test."""
+    _fake_llm_server.reset()
+    yield _fake_llm_server
+    _fake_llm_server.reset()

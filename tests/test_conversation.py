@@ -1,11 +1,16 @@
-"""Conversation memory: a follow-up is routed with its context, kept per conversation (memory or SQLite)."""
+"""Conversation memory: a follow-up is routed with its context, kept per tenant and conversation, bounded."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import pytest
+from langchain_core.runnables import RunnableConfig
 
 from policies import Policy
 from router.api import Router
+from router.conversations import DEFAULT_TENANT, MemoryStore, SqliteStore, Turn
 from tests.conftest import policy_with
 from tests.test_fallback import _Capture
 
@@ -44,8 +49,46 @@ def test_sqlite_memory_survives_a_restart(default_policy: Policy, router: Router
     restarted = Router(policy, embedder=router.embedder)
     result = restarted.invoke({"text": FOLLOW_UP, "conversation_id": "c-sql"})
     assert result.trace[1].info["used_context"] is True and (tmp_path / "conv.db").stat().st_size > 0
-    state = restarted.memory_graph.get_state({"configurable": {"thread_id": "c-sql"}}).values
-    assert [t.text for t in state["history"]] == [FIRST, FOLLOW_UP]
+    turns = restarted.conversations.load(DEFAULT_TENANT, "c-sql")
+    assert [t.text for t in turns] == [FIRST, FOLLOW_UP]
     restarted.invoke({"text": "thanks!", "conversation_id": "c-sql"})
-    state = restarted.memory_graph.get_state({"configurable": {"thread_id": "c-sql"}}).values
-    assert [t.text for t in state["history"]] == [FOLLOW_UP, "thanks!"]  # capped at memory.turns
+    turns = restarted.conversations.load(DEFAULT_TENANT, "c-sql")
+    assert [t.text for t in turns] == [FOLLOW_UP, "thanks!"]  # capped at memory.turns
+    assert restarted.forget("c-sql") and restarted.conversations.load(DEFAULT_TENANT, "c-sql") == []
+
+
+def _as(tenant: str) -> RunnableConfig:
+    return {"configurable": {"tenant": tenant}}
+
+
+def test_a_tenant_never_reads_another_tenants_conversation(router: Router) -> None:
+    assert router.fallback is not None
+    secret = "My name is Jane Roe, card 4111 1111 1111 1111, email jane.roe@example.com."
+    router.invoke({"text": secret, "conversation_id": "shared-id"}, config=_as("acme"))
+    capture = _Capture()
+    router.fallback.chat_model.callbacks = [capture]
+    try:
+        router.invoke({"text": "What did I tell you before?", "conversation_id": "shared-id"}, _as("evil"))
+    finally:
+        router.fallback.chat_model.callbacks = None
+    assert capture.sent and not any("jane" in sent.lower() or "4111" in sent for sent in capture.sent)
+    assert router.conversations.load("evil", "shared-id")[0].text == "What did I tell you before?"
+    assert router.conversations.load("acme", "shared-id")[0].text == secret
+    assert not router.forget("shared-id", tenant="nobody") and router.forget("shared-id", tenant="acme")
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_memory_is_bounded_in_count_and_age(backend: str, tmp_path: Path) -> None:
+    store = (
+        MemoryStore(max_conversations=100, ttl_s=0.5)
+        if backend == "memory"
+        else SqliteStore(tmp_path / "c.db", max_conversations=100, ttl_s=0.5)
+    )
+    turn = [Turn(text="hello", route="other", output="hi")]
+    n = 10_000 if backend == "memory" else 500
+    for i in range(n):
+        store.save("t", f"conv-{i}", turn)
+    assert store.count() == 100
+    assert store.load("t", "conv-0") == [] and store.load("t", f"conv-{n - 1}") == turn
+    time.sleep(0.6)
+    assert store.load("t", f"conv-{n - 1}") == []

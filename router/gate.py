@@ -1,0 +1,184 @@
+"""The ASGI gate in front of the app: who is calling, how big the body is, and whether the caller is still
+there — each settled before any work is done.
+
+Why a raw ASGI middleware and not FastAPI dependencies: a dependency runs after FastAPI has read and parsed
+the whole body, so an unauthenticated client could make the server buffer any amount (measured: a 200 MB
+chunked body grew the server by 552 MB before its 401), and `Content-Length` alone says nothing about a
+chunked body. Here the key is checked from the headers first, and the body is counted as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Collection
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[Message], Any]
+ASGIApp = Callable[[Scope, Receive, Send], Any]
+
+TENANT_HEADER = b"x-slm-tenant"
+MAX_TENANT_CHARS = 128
+DRAIN_LIMIT = 16_000_000  # beyond it a refused body is not read at all: the connection is just closed
+UNAUTHORIZED = "missing or invalid API key (Authorization: Bearer <key>)"
+
+
+def tenant_id(key: bytes) -> str:
+    """A stable tenant name for an API key that does not reveal the key (logs, memory scopes)."""
+    return "key-" + hashlib.sha256(key).hexdigest()[:16]
+
+
+def error_body(kind: str, message: str) -> bytes:
+    return json.dumps({"error": {"type": kind, "message": message}}).encode()
+
+
+class Gate:
+    """Authenticates, bounds the body, and cancels the work of a client that went away.
+
+    `api_keys=None` turns authentication off (loopback only, see `resolve_api_keys`). The tenant the
+    request acts for goes to `scope["state"]["tenant"]`: the key's id, narrowed by an optional
+    `X-SLM-Tenant` header (so a platform can separate its own customers behind one key, but no key can
+    reach into another key's tenants).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_keys: Collection[str] | None,
+        max_body_bytes: int,
+        open_paths: Collection[str],
+        on_error: Callable[[str], None],
+        on_cancel: Callable[[], None],
+    ) -> None:
+        self.app = app
+        self.keys = None if api_keys is None else [k.encode("utf-8") for k in api_keys]
+        self.max_body_bytes = max_body_bytes
+        self.open_paths = frozenset(open_paths)
+        self.on_error = on_error
+        self.on_cancel = on_cancel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        tenant = self._tenant(headers)
+        if tenant is None and scope["path"] not in self.open_paths:
+            await self._refuse(
+                send, 401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)"
+            )
+            return
+        scope.setdefault("state", {})["tenant"] = tenant or "default"
+        body = await self._read_body(headers, receive, send)
+        if body is None:
+            return
+        await self._run(scope, body, receive, send)
+
+    def _tenant(self, headers: dict[bytes, bytes]) -> str | None:
+        """The caller's tenant, or None when the key is missing or wrong."""
+        sub = headers.get(TENANT_HEADER, b"").decode("latin-1").strip()[:MAX_TENANT_CHARS]
+        if self.keys is None:
+            return sub or "default"
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        given = given.strip()
+        if scheme.lower() != b"bearer" or not given:
+            return None
+        # Bytes compare in constant time and take any byte (a non-ASCII key is just a wrong key).
+        match = next((k for k in self.keys if hmac.compare_digest(given, k)), None)
+        if match is None:
+            return None
+        return tenant_id(match) + (f"/{sub}" if sub else "")
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once a 413 has been sent: the count stops at the limit, chunked or not."""
+        length = headers.get(b"content-length", b"")
+        declared = int(length) if length.isdigit() else None
+        if declared is not None and declared > self.max_body_bytes:
+            if declared <= DRAIN_LIMIT:
+                await self._drain(receive)
+            await self._too_large(send, f"body of {declared} bytes")
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                if more:
+                    await self._drain(receive, size)
+                await self._too_large(send, f"body over {self.max_body_bytes} bytes")
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _drain(receive: Receive, seen: int = 0) -> None:
+        """Read and drop the rest of a refused body (up to DRAIN_LIMIT), so the client reads the 413
+        instead of a connection reset; nothing is kept, so memory does not grow."""
+        while seen <= DRAIN_LIMIT:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+
+    async def _run(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """Run the app on the buffered body; if the client disconnects before the answer, cancel it."""
+        disconnected = asyncio.Event()
+        delivered = False
+        answered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        work = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and not answered:
+                work.cancel()  # nobody is waiting for the answer: stop the work
+                self.on_cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        finally:
+            watcher.cancel()
+        failure = None if work.cancelled() else work.exception()
+        if failure is not None:
+            raise failure
+
+    async def _too_large(self, send: Send, what: str) -> None:
+        await self._refuse(
+            send, 413, "body_too_large", f"{what}; the limit is {self.max_body_bytes} (server.max_body_bytes)"
+        )
+
+    async def _refuse(self, send: Send, status: int, kind: str, message: str) -> None:
+        self.on_error(kind)
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": error_body(kind, message)})
