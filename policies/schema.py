@@ -5,14 +5,17 @@ Policies hold numbers, names and paths only: nothing here imports a model.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-PiiLabel = Literal["EMAIL", "PHONE", "CARD_NUMBER", "PERSON"]
-ALL_PII: tuple[PiiLabel, ...] = ("EMAIL", "PHONE", "CARD_NUMBER", "PERSON")
+# ORDER_ID and TICKET_ID (order, invoice, customer, ticket and case numbers) link a message to one customer's
+# records, so they are PII-able like the rest; agents/extraction.py says what each label matches.
+PiiLabel = Literal["EMAIL", "PHONE", "CARD_NUMBER", "PERSON", "IBAN", "ADDRESS", "ORDER_ID", "TICKET_ID"]
+ALL_PII: tuple[PiiLabel, ...] = get_args(PiiLabel)
 
 
 class _Strict(BaseModel):
@@ -297,6 +300,11 @@ class PrivacyPolicy(_Strict):
     log_text: bool = Field(
         default=False, description="Store request text in the decision log; otherwise a SHA-256 hash."
     )
+    local_only: bool = Field(
+        default=False,
+        description="Nothing is escalated off this host: the fallback must be kind `llamacpp` (in-process) "
+        "or `openai` with a loopback base_url (127.0.0.1, ::1, localhost).",
+    )
 
 
 class AutoscalingConfig(_Strict):
@@ -498,6 +506,20 @@ class EscalationConfig(_Strict):
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
 
 
+def _on_this_host(fallback: FallbackConfig) -> bool:
+    if fallback.kind == "llamacpp":
+        return True
+    if fallback.kind != "openai" or not fallback.base_url:
+        return False
+    host = urlsplit(fallback.base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Policy(_Strict):
     """A complete router configuration (see policies/presets/default.yaml)."""
 
@@ -539,6 +561,16 @@ class Policy(_Strict):
         ):
             if target is not None and target not in self.routes:
                 raise ValueError(f"{field}: unknown route {target!r}; routes are {sorted(self.routes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _local_only(self) -> Policy:
+        if self.privacy.local_only and self.fallback.enabled and not _on_this_host(self.fallback):
+            raise ValueError(
+                f"privacy.local_only: fallback kind {self.fallback.kind!r} "
+                f"(base_url {self.fallback.base_url!r}) may leave this host; use kind llamacpp, an openai "
+                "base_url on 127.0.0.1/::1/localhost, or fallback.enabled: false"
+            )
         return self
 
     def agent_references(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.base import Agent, AgentError
 from agents.extraction import ExtractionAgent
-from agents.fallback import FallbackAgent, build_chat_model, model_label
+from agents.fallback import FallbackAgent, FallbackSettings, build_chat_model, model_label
 from agents.hosting import AgentPool, LocalPool
 from agents.langid import detect_language
 from agents.redaction import Redactor
@@ -281,7 +281,13 @@ class Router(Runnable[RouterInput, RouteResult]):
             chat = build_chat_model(policy.fallback)
         except AgentError as exc:
             raise ModelLoadError(str(exc)) from exc
-        return FallbackAgent(chat, model_label(policy.fallback), policy.fallback.system_prompt, redactor)
+        return FallbackAgent(
+            chat,
+            model_label(policy.fallback),
+            policy.fallback.system_prompt,
+            redactor,
+            FallbackSettings.from_config(policy.fallback),
+        )
 
     def warmup(self) -> None:
         """Load every model now (first requests would otherwise pay for it)."""
@@ -313,6 +319,8 @@ class Router(Runnable[RouterInput, RouteResult]):
         if self.decision_log is not None:
             self.decision_log.close()
         self.conversations.close()
+        if self.fallback is not None:
+            self.fallback.close()
 
     @property
     def routes(self) -> list[str]:

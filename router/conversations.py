@@ -125,7 +125,8 @@ class SqliteStore:
     def load(self, tenant: str, conversation_id: str) -> list[Turn]:
         with self._lock:
             row = self._conn.execute(
-                "SELECT turns FROM conversations WHERE tenant = ? AND conversation_id = ? AND updated_at >= ?",
+                "SELECT turns FROM conversations "
+                "WHERE tenant = ? AND conversation_id = ? AND updated_at >= ?",
                 (tenant, conversation_id, time.time() - self.ttl_s),
             ).fetchone()
         return _TURNS.validate_json(row[0]) if row else []

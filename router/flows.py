@@ -8,7 +8,7 @@ import re
 import time
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agents.base import (
     AgentError,
@@ -35,6 +35,9 @@ class StepTask(BaseModel):
     step: FlowStep
     text: str
     language: str
+    deadline: float = Field(
+        description="The request's deadline (`time.monotonic()`); the step never runs past it."
+    )
 
 
 class StepResult(BaseModel):
@@ -68,7 +71,9 @@ def run_step(
     result: AgentResult | None = None
     try:
         result = pool.run(
-            step.agent, [AgentInput(text=task.text, language=task.language, params=step.params)]
+            step.agent,
+            [AgentInput(text=task.text, language=task.language, params=step.params)],
+            timeout_s=max(task.deadline - time.monotonic(), 0.0),
         )[0]
         escalation = check_specialist(
             result.confidence,
@@ -89,7 +94,7 @@ def run_step(
         outcome.error = f"{escalation.reason}; no fallback to escalate to"
     elif escalation is not None and fallback is not None:
         try:
-            outcome.result = fallback.answer(task.text, step.fallback_prompt)
+            outcome.result = fallback.answer(task.text, step.fallback_prompt, deadline=task.deadline)
             outcome.escalated = True
         except AgentError as exc:  # keep whatever the specialist said, and say the fallback failed
             outcome.error = f"{escalation.reason}; {exc}"

@@ -8,18 +8,20 @@ updated turns go out with the result (router/conversations.py keeps them between
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, cast
 
 import numpy as np
+from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from agents.base import AgentError, AgentInput, AgentResult
+from agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult
 from agents.fallback import FallbackAgent
 from agents.hosting import AgentPool
 from agents.langid import detect_language
@@ -28,9 +30,9 @@ from policies.schema import FlowConfig
 from router.budget import EscalationBudget
 from router.conversations import Turn
 from router.costs import answer_cost
-from router.decision import Decision, Escalation, check_specialist, decide
+from router.decision import Decision, Escalation, ReasonCode, check_specialist, decide
 from router.embedder import Embedder
-from router.errors import EmptyInputError, FallbackError, InputTooLargeError
+from router.errors import EmptyInputError, FallbackError, InputTooLargeError, OverloadedError
 from router.flows import StepResult, StepTask, merge, next_text, run_step
 from router.intents import MultiIntent, as_flow, detect, split_request
 from router.result import RouteRequest, RouteResult, TraceStep
@@ -119,13 +121,30 @@ def fresh_state(request: RouteRequest, deadline: float, history: list[Turn] | No
     }
 
 
+def _remaining(state: RouterState) -> float:
+    """Seconds left before the request's deadline: every node's own timeout is cut to it."""
+    return max(state["deadline"] - time.monotonic(), 0.0)
+
+
+def _traced(name: str, start: float, update: dict[str, Any]) -> dict[str, Any]:
+    info = update.pop("_info", {})
+    step = TraceStep(node=name, ms=round((time.perf_counter() - start) * 1000, 3), info=info)
+    return {**update, "trace": [step]}
+
+
 def _timed(name: str, fn: Callable[[RouterState], dict[str, Any]]) -> Callable[[RouterState], dict[str, Any]]:
     def node(state: RouterState) -> dict[str, Any]:
+        return _traced(name, time.perf_counter(), fn(state))
+
+    return node
+
+
+def _atimed(
+    name: str, fn: Callable[[RouterState], Awaitable[dict[str, Any]]]
+) -> Callable[[RouterState], Awaitable[dict[str, Any]]]:
+    async def node(state: RouterState) -> dict[str, Any]:
         start = time.perf_counter()
-        update = fn(state)
-        info = update.pop("_info", {})
-        step = TraceStep(node=name, ms=round((time.perf_counter() - start) * 1000, 3), info=info)
-        return {**update, "trace": [step]}
+        return _traced(name, start, await fn(state))
 
     return node
 
@@ -256,7 +275,9 @@ class Controller:
             params=state["request"].params,
         )
         try:
-            result = self.c.pool.run(agent, [item])[0]
+            result = self.c.pool.run(agent, [item], timeout_s=_remaining(state))[0]
+        except AgentOverloaded:
+            raise OverloadedError(f"agent {agent!r} is full; try again shortly") from None
         except AgentError as exc:
             return {
                 "specialist": None,
@@ -301,43 +322,63 @@ class Controller:
         assert self.c.fallback is not None
         why_not = self._over_budget_reason()
         if why_not is not None:
-            return self._over_budget(state, why_not)
-        prompt = self.c.policy.routes[state["decision"].route].fallback_prompt
-        why = state.get("escalation")
+            return self._answer_locally(state, "budget_exceeded", why_not)
         try:
-            history = [(t.text, t.output) for t in state.get("history") or []]
-            answer = self.c.fallback.answer(state["text"], prompt, history)
+            answer = self.c.fallback.answer(*self._fallback_call(state))
         except AgentError as exc:
-            kept = state.get("specialist")
-            if kept is None:
-                raise FallbackError(f"{exc} (needed because: {why.reason if why else '?'})") from exc
-            failed = Escalation(code="fallback_failed", reason=f"{why.reason if why else ''}; {exc}")
-            return {
-                "answer": kept,
-                "degraded": True,
-                "escalation": failed,
-                "_info": {"error": str(exc), "kept": kept.agent},
-            }
+            return self._fallback_failed(state, exc)
         return {"answer": answer, "_info": {"model": self.c.fallback.label}}
 
-    def _over_budget(self, state: RouterState, why_not: str) -> dict[str, Any]:
-        """The budget is spent: keep (or get) the best-guess specialist's answer and flag it, or reject."""
+    async def afallback(self, state: RouterState) -> dict[str, Any]:
+        """The fallback node on the async path: the call waits on the fallback's own bounded pool (its
+        bulkhead), never on the shared executor the specialists run on, so a slow or hung fallback
+        cannot delay specialist traffic."""
+        assert self.c.fallback is not None
+        why_not = self._over_budget_reason()
+        if why_not is not None:
+            return await asyncio.to_thread(self._answer_locally, state, "budget_exceeded", why_not)
+        try:
+            answer = await self.c.fallback.aanswer(*self._fallback_call(state))
+        except AgentError as exc:
+            return await asyncio.to_thread(self._fallback_failed, state, exc)
+        return {"answer": answer, "_info": {"model": self.c.fallback.label}}
+
+    def _fallback_call(self, state: RouterState) -> tuple[str, str | None, list[tuple[str, str]], float]:
+        prompt = self.c.policy.routes[state["decision"].route].fallback_prompt
+        history = [(t.text, t.output) for t in state.get("history") or []]
+        return state["text"], prompt, history, state["deadline"]
+
+    def _fallback_failed(self, state: RouterState, exc: AgentError) -> dict[str, Any]:
+        """The fallback could not answer: keep the specialist's best answer, flagged `degraded`, or fail
+        with FallbackError (503, with `Retry-After` when the breaker knows when to try again)."""
+        why = state.get("escalation")
+        retry_after_s = getattr(exc, "retry_after_s", None)
+        update = self._answer_locally(state, "fallback_failed", str(exc))
+        if update["answer"] is None:
+            raise FallbackError(
+                f"{exc} (needed because: {why.reason if why else '?'})", retry_after_s=retry_after_s
+            ) from exc
+        return update | {"degraded": True}
+
+    def _answer_locally(self, state: RouterState, code: ReasonCode, why_not: str) -> dict[str, Any]:
+        """No fallback this time (budget spent, or it is down): keep (or get) the best-guess specialist's
+        answer and say why; `answer` is None when no specialist can serve the request."""
         why = state.get("escalation")
         reason = f"{why.reason if why else 'escalation'}; {why_not}"
         kept = state.get("specialist")
         agent = self.c.policy.routes[state["decision"].route].agent
-        info: dict[str, Any] = {"budget": why_not}
-        if self.c.policy.escalation.budget.when_exceeded == "reject":
+        info: dict[str, Any] = {code: why_not}
+        if code == "budget_exceeded" and self.c.policy.escalation.budget.when_exceeded == "reject":
             kept = None
-        elif kept is None and agent:
+        elif kept is None and agent and _remaining(state) > 0:
             ran = self._run_specialist(state, agent)
             kept = ran.get("specialist")
             info |= ran["_info"]
         return {
             "answer": kept,
             "specialist": kept,
-            "budget_exceeded": True,
-            "escalation": Escalation(code="budget_exceeded", reason=reason),
+            "budget_exceeded": code == "budget_exceeded",
+            "escalation": Escalation(code=code, reason=reason),
             "_info": info,
         }
 
@@ -358,7 +399,16 @@ class Controller:
         return [
             Send(
                 "flow_step",
-                {"task": StepTask(flow=name, stage=stage, step=step, text=text, language=language)},
+                {
+                    "task": StepTask(
+                        flow=name,
+                        stage=stage,
+                        step=step,
+                        text=text,
+                        language=language,
+                        deadline=state["deadline"],
+                    )
+                },
             )
             for step in state["flow"].stages[stage]
         ]
@@ -494,8 +544,12 @@ def build_graph(components: Components) -> Any:
     """The controller graph; it holds no state between requests."""
     controller = Controller(components)
     graph = StateGraph(RouterState)
-    for name in ("guard", "classify", "decide", "specialist", "check", "fallback"):
+    for name in ("guard", "classify", "decide", "specialist", "check"):
         graph.add_node(name, cast(Any, _timed(name, getattr(controller, name))))
+    fallback = RunnableLambda(
+        _timed("fallback", controller.fallback), afunc=_atimed("fallback", controller.afallback)
+    )
+    graph.add_node("fallback", cast(Any, fallback))
     graph.add_node("respond", controller.respond)
     graph.add_node("flow_step", cast(Any, controller.flow_step))
     graph.add_node("flow_join", controller.flow_join)

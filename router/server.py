@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -266,6 +267,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Sync graph nodes run on the loop's default executor and wait there on the agents' micro-batches:
+        # it must hold every admitted request, or admission is capped by the executor (6 threads on 2 cores).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(settings.max_in_flight * 2 + 8, thread_name_prefix="slm-node")
+        )
         if warmup:
             await asyncio.to_thread(router.warmup)
         state["ready"] = True

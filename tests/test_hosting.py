@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.base import AgentError, AgentInput, AgentResult, GenericOutput
+from agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult, GenericOutput
 from agents.hosting import LocalPool
 
 
@@ -147,3 +147,45 @@ def test_queue_depth_health_and_close(pool: LocalPool) -> None:
     assert pool.health() == {"echo": False}
     with pytest.raises(AgentError, match="pool is closed"):
         pool.run("echo", [AgentInput(text="x")])
+
+
+def test_full_backlog_is_refused_at_once_as_overloaded() -> None:
+    hung = _Hung()
+    pool = LocalPool({"hung": hung}, timeout_s=5.0, max_batch_size=4, batch_wait_timeout_s=0.0, max_pending=3)
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            stuck = executor.submit(pool.run, "hung", [AgentInput(text="a"), AgentInput(text="b")])
+            deadline = time.monotonic() + 2
+            while pool.queue_depth()["hung"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            started = time.monotonic()
+            with pytest.raises(AgentOverloaded, match=r"overloaded: 2 items pending \(max_pending 3\)") as info:
+                pool.run("hung", [AgentInput(text="c"), AgentInput(text="d")])
+            assert time.monotonic() - started < 0.5 and info.value.retry_after_s > 0
+            assert isinstance(info.value, AgentError)  # callers that only know AgentError still handle it
+            hung.release.set()
+            with pytest.raises(AgentError, match="returned 0 results"):
+                stuck.result(timeout=5)
+    finally:
+        pool.close()
+
+
+def test_idle_agent_takes_a_request_larger_than_the_bound(echo: _Echo) -> None:
+    pool = LocalPool({"echo": echo}, timeout_s=5.0, max_pending=1)
+    try:
+        assert [r.output for r in pool.run("echo", [AgentInput(text="a"), AgentInput(text="b")])] == ["A", "B"]
+    finally:
+        pool.close()
+
+
+def test_per_call_timeout_shortens_the_pool_timeout() -> None:
+    hung = _Hung()
+    pool = LocalPool({"hung": hung}, timeout_s=5.0, max_batch_size=4, batch_wait_timeout_s=0.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(AgentError, match=r"timed out after 0\.2 s"):
+            pool.run("hung", [AgentInput(text="x")], timeout_s=0.2)
+        assert time.monotonic() - started < 2
+    finally:
+        hung.release.set()
+        pool.close()
