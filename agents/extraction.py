@@ -75,7 +75,10 @@ class Finder:
 
 
 def luhn_valid(number: str) -> bool:
-    """Luhn checksum over the digits of `number`; rejects random 13-19 digit runs posing as cards."""
+    """Luhn checksum over the digits of `number`; rejects random 13-19 digit runs posing as cards.
+
+    Written out rather than taken from stdnum.luhn: the card-length bound is ours and the loop is short.
+    """
     digits = [int(c) for c in number if c.isdigit()]
     if not 13 <= len(digits) <= 19:
         return False
@@ -85,6 +88,12 @@ def luhn_valid(number: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
+
+
+def _card_ok(text: str) -> bool:
+    """Luhn-valid and not starting with 0: no card network issues numbers there, while a Luhn check passes
+    one random digit run in ten, e.g. "0044 7911 123456", a phone number."""
+    return not text.startswith("0") and luhn_valid(text)
 
 
 def _phone_digits_ok(text: str) -> bool:
@@ -140,21 +149,77 @@ PHONE_REGIONS: dict[str, tuple[str, ...]] = {
     "nl": ("NL", "BE"),
 }
 ALL_PHONE_REGIONS = tuple(dict.fromkeys(region for regions in PHONE_REGIONS.values() for region in regions))
+# A word that announces a phone number, then at most three short words ("call me at", "ruf mich an unter",
+# "Whatsapp:"). After one, a number of another region's format counts too (a short message's language is a
+# guess), and so does one that is only the right length (fictional and newly allocated ranges are not VALID).
+_PHONE_CUE_WORD = (
+    r"(?i:\b(?:tel|tél|phone|telephone|téléphone|telefon|teléfono|telefone|telefono|mobile?|mobil|móvil"
+    r"|movil|cell|cellulare|celular|telemóvel|handy|whats\s?app|portable|gsm|fax|call|ring|ruf|rufen|anrufen"
+    r"|erreichbar|llámame|llámenme|llamar|llamad|ligue|ligar|liga|appelez|appeler|joindre|chiamami|chiamare"
+    r"|chiamatemi|bel|bellen|reach|text|sms)\w*)"
+)
+_PHONE_CUE = re.compile(rf"{_PHONE_CUE_WORD}\.?(?:[ \t]*[:/-]|[ \t]+[^\W\d_]{{1,6}}){{0,4}}[ \t]*$")
+_CUE_WINDOW = 40
+
+
+def _cued(text: str, start: int) -> bool:
+    """A phone cue ends right before `start` (searched in a short window: cheap on long text)."""
+    return _PHONE_CUE.search(text, max(0, start - _CUE_WINDOW), start) is not None
+
+
+# What a phone number is written with, from its first digit (or "+" / "(") to its last digit.
+_NUMBER_RUN_CHARS = re.compile(r"[+(]?\d(?:[\d \t().\/-]*\d)?")
+_WINDOW_CHARS = 48  # longer runs (a list of numbers, a wall of digits) are cut at whitespace
+_MARGIN = 2  # characters either side, so the matcher still sees a letter glued to a window
+
+
+def _number_windows(text: str) -> Iterator[tuple[int, int]]:
+    """Where phone numbers can be: runs of number characters with 7+ digits, at most _WINDOW_CHARS long.
+
+    The matcher runs once per region; over windows instead of the whole text its work follows the numbers
+    in a message, not its length (20,000 characters of prose hold a few).
+    """
+    for m in _NUMBER_RUN_CHARS.finditer(text):
+        start, end = m.span()
+        while start < end:
+            stop = end
+            if stop - start > _WINDOW_CHARS:
+                cut = max(
+                    text.rfind(" ", start, start + _WINDOW_CHARS),
+                    text.rfind("\t", start, start + _WINDOW_CHARS),
+                )
+                stop = cut if cut > start else start + _WINDOW_CHARS
+            if sum(c.isdigit() for c in text[start:stop]) >= 7:
+                yield start, stop
+            start = stop
+            while start < end and text[start] in " \t":
+                start += 1
 
 
 def find_phones(text: str, language: str | None = None) -> set[tuple[int, int]]:
-    """Numbers libphonenumber holds valid (Leniency.VALID) in one of the language's regions.
+    """Phone numbers as libphonenumber reads them.
 
-    Spans of different regions may overlap; the recogniser keeps the longest. Text without a digit is
-    skipped before the library is touched.
+    Accepted: a number valid (Leniency.VALID) in one of the language's regions; after a phone cue, also one
+    valid in any listed region or only possible (right length, Leniency.POSSIBLE) in the language's. Spans
+    of different regions may overlap; the recogniser keeps the longest.
     """
-    if not any(c.isdigit() for c in text):
+    windows = list(_number_windows(text))
+    if not windows:
         return set()
     import phonenumbers
 
+    own = PHONE_REGIONS.get(language or "", ALL_PHONE_REGIONS)
+    plain = [(r, phonenumbers.Leniency.VALID) for r in own]
+    cued = plain + [(r, phonenumbers.Leniency.VALID) for r in ALL_PHONE_REGIONS if r not in own]
+    cued += [(r, phonenumbers.Leniency.POSSIBLE) for r in own]
     spans: set[tuple[int, int]] = set()
-    for region in PHONE_REGIONS.get(language or "", ALL_PHONE_REGIONS):
-        spans.update((m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, region))
+    for start, end in windows:
+        base = max(0, start - _MARGIN)
+        window = text[base : end + _MARGIN]
+        for region, leniency in cued if _cued(text, start) else plain:
+            for m in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
+                if _phone_digits_ok(m.raw_string):
+                    spans.add((base + m.start, base + m.end))
     return spans
 
 
@@ -171,7 +236,7 @@ _NAME = rf"{_CAP_WORD}(?:[ \t]+(?:{_NAME_PARTICLE}[ \t]+)*{_CAP_WORD}){{0,3}}"
 _INTRO_CUE = (
     r"(?i:my\s+name\s+is|mein\s+name\s+ist|ich\s+hei(?:ß|ss)e|je\s+m['\u2019]appelle|je\s+suis|mon\s+nom\s+est"
     r"|me\s+llamo|mi\s+nombre\s+es|soy|(?:o\s+)?meu\s+nome\s+é|me\s+chamo|chamo-me|mi\s+chiamo"
-    r"|il\s+mio\s+nome\s+è|sono|mijn\s+naam\s+is|ik\s+heet|ik\s+ben)"
+    r"|il\s+mio\s+nome\s+è|sono|mijn\s+naam\s+is|ik\s+heet|ik\s+ben|c['\u2019]est|sou(?:\s+[oa])?)"
 )
 # Case-sensitive: "Frau Schmidt" is a cue, "eine frau" is not; Dutch writes "meneer"/"mevrouw" in lower case.
 _HONORIFIC = (
@@ -194,7 +259,8 @@ _SIGN_OFF = (
 _NOT_A_NAME_WORDS = (
     "ihr ihre ihres dein deine euer eure the your our dear hello hi team support service kundenservice "
     "kundendienst klantenservice equipe equipo servicio serviço servizio customer client cliente kunde "
-    "kundin neukunde bestellung rechnung lieferung paket pakete thanks thank premium pro plan"
+    "kundin neukunde bestellung rechnung lieferung paket pakete thanks thank premium pro plan visa maestro "
+    "mastercard amex sir madam die der das el los las il lo gli het een ein eine mein meine unser unsere"
 )
 NOT_A_NAME = frozenset(_NOT_A_NAME_WORDS.split())
 
@@ -206,7 +272,7 @@ def _is_name(name: str) -> bool:
 # --- Street addresses ---------------------------------------------------------------------------------------
 _EN_STREET = (
     r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blvd|Way|Court|Ct|Place|Pl|Terrace|Parkway"
-    r"|Pkwy|Square|Sq|Close|Crescent|Highway|Hwy|Row|Walk|Gardens|Grove|Mews)\b\.?"
+    r"|Pkwy|Square|Sq|Close|Crescent|Highway|Hwy|Row|Walk|Gardens|Grove|Mews|Loop|Circle|Trail|Alley)\b\.?"
 )
 # German and Dutch write the street type into the name ("Hauptstraße", "Kerkstraat"), or after an adjective
 # ("Berliner Allee", "Am Markt").
@@ -249,18 +315,18 @@ _ID_GLUE = rf"(?:(?:\s+|-){_ID_FILLER}\.?){{0,3}}\s*[:#]?\s*"
 _ORDER_WORD = (
     r"(?:orders?|bestellung|bestell|bestelling|bestelnummer|ordernummer|auftrag|commande|pedido|encomenda"
     r"|ordine|invoice|rechnung|factura|facture|fatura|fattura|factuur|booking|reference|référence|referencia"
-    r"|referência|riferimento|referentie|referenz|ref"
+    r"|referência|riferimento|referentie|referenz|ref|customer|cliente|client"
     r"|(?:bestell|bestel|order|auftrags|rechnungs|kunden|klant|referenz)(?:nummer|nr\.?))"
 )
 _TICKET_WORD = (
     r"(?:ticket|case|caso|chamado|protocolo(?:\s+de\s+atendimento)?|dossier|vorgang|incidencia|reclamação"
     r"|ocorrência|pratica|segnalazione|melding|(?:ticket|vorgangs|fall|dossier)(?:nummer|nr\.?))"
 )
-_DATE_LIKE = re.compile(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}")
+_DATE_LIKE = re.compile(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}|(?:19|20)\d\d")
 
 
 def _not_a_date(text: str) -> bool:
-    """An id shaped like 12/05/2024 after "order" names a day, not an order."""
+    """An id shaped like 12/05/2024 or 2024 after "order" names a day or a year ("Pedido 2024 chegou")."""
     return not _DATE_LIKE.fullmatch(text)
 
 
@@ -287,7 +353,7 @@ _DAY = r"\d{1,2}(?:st|nd|rd|th)?"
 # Order matters only for ties: overlapping matches are resolved longest-match first (see PatternRecognizer).
 PATTERNS: tuple[Pattern, ...] = (
     Pattern("EMAIL", re.compile(r"(?<![\w.+-])[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
-    Pattern("CARD_NUMBER", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)"), check=luhn_valid),
+    Pattern("CARD_NUMBER", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)"), check=_card_ok),
     _keyword_id("ORDER_ID", _ORDER_WORD),
     Pattern("ORDER_ID", re.compile(r"(?<![\w&])#(?P<id>[A-Z]{0,3}-?\d{4,})\b"), LOOSE_SCORE),
     Pattern("ORDER_ID", re.compile(r"\bORD-?\d+(?:-\d+)*\b")),
@@ -430,10 +496,14 @@ def _model_view(text: str) -> str:
     return _LONG_RUN.sub(lambda m: " " * len(m.group()), text)
 
 
+def _model_name_ok(text: str, tokens: int) -> bool:
+    return not any(c.isdigit() for c in text) and not (tokens == 1 and text.lower() in NOT_A_NAME)
+
+
 def _model_entities(doc: Doc, labels: Collection[str]) -> list[Entity]:
     """spaCy's entities with the wanted labels, minus bare runs of 9+ digits: the small model calls
-    card and id numbers DATE, and a long bare number is never a name, place or date. One-word PERSON
-    readings of words in NOT_A_NAME ("Premium", "Support") are dropped too.
+    card and id numbers DATE, and a long bare number is never a name, place or date. PERSON readings with a
+    digit ("Austin TX 78701") or of one word in NOT_A_NAME ("Maestro", "Support") are dropped too.
     """
     return [
         Entity(
@@ -447,7 +517,7 @@ def _model_entities(doc: Doc, labels: Collection[str]) -> list[Entity]:
         for ent in doc.ents
         if ent.label_ in labels
         and not _NUMBER_RUN.fullmatch(ent.text)
-        and not (ent.label_ == "PERSON" and len(ent) == 1 and ent.text.lower() in NOT_A_NAME)
+        and not (ent.label_ == "PERSON" and not _model_name_ok(ent.text, len(ent)))
     ]
 
 

@@ -82,9 +82,7 @@ class WorkerProcess:
     None waits as long as the child takes.
     """
 
-    def __init__(
-        self, module: str, agent: str, retries: int = 1, timeout_s: float | None = None
-    ) -> None:
+    def __init__(self, module: str, agent: str, retries: int = 1, timeout_s: float | None = None) -> None:
         self.module = module
         self.agent = agent
         self.retries = retries

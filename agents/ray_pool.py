@@ -6,21 +6,25 @@ Ray is imported only here, so the local backend never pays for it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
+import site
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import ray
 from ray import serve
 from ray.serve.config import AutoscalingConfig, ProxyLocation
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from ray.serve.schema import ApplicationStatus, LoggingConfig
 
-from agents.base import Agent, AgentError, AgentInput, AgentResult
+from agents.base import Agent, AgentError, AgentInput, AgentOverloaded, AgentResult
 from agents.hosting import failure_message, predict_groups
 from policies.schema import HostingConfig
 
@@ -44,6 +48,10 @@ class AgentReplica:
         batched.set_max_batch_size(max_batch_size)
         batched.set_batch_wait_timeout_s(wait_s)
 
+    # Cancellation (RayPool cancels what it stopped waiting for): Serve drops a cancelled request from any
+    # batch that has not started yet, so abandoned work never reaches the model. A batch already running
+    # in its worker thread cannot be interrupted (Python threads cannot be killed); agents bound their own
+    # work instead (the translation engine is killed at the agent timeout, see agents/isolation.py).
     @serve.batch
     async def predict(self, items: list[AgentInput]) -> list[AgentResult | _Failure]:
         # predict_batch blocks; a worker thread keeps the event loop taking requests for the next batch.
@@ -54,22 +62,82 @@ class AgentReplica:
         return await self.predict(item)
 
 
+def _package_root() -> Path | None:
+    """The directory holding this project's top-level packages, when no sys.path entry holds them.
+
+    That is an editable install (`pip install -e .`, what the Makefile and the Docker image do): its
+    packages are found by a meta-path finder that runs only after the path entries. A regular install
+    lives in site-packages, a path entry already (None: nothing to add).
+    """
+    root = Path(__file__).resolve().parents[1]
+    site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    return None if root in site_dirs else root
+
+
+def _replica_runtime_env() -> dict[str, Any] | None:
+    """The replicas' runtime_env: the job's, with this project's packages first on PYTHONPATH.
+
+    Why: a driver started without a working_dir sends its cwd to every worker of the job, which puts it
+    at sys.path[0] (Ray's `py_driver_sys_path`). When that cwd holds a `policies/` folder (the layout the
+    README suggests for policy files; `agents/` or `router/` alike), `import policies` in a replica found
+    that folder as a namespace package ahead of the editable install's finder, and unpickling the
+    deployment failed with "ImportError: cannot import name ... from 'policies' (unknown location)".
+    A regular package on any path entry wins over namespace folders, whatever their order, so naming the
+    install location on PYTHONPATH is enough, and it keeps the driver's cwd where it was (a module of the
+    user's own, e.g. a custom agent, still imports). Set per deployment rather than in `ray.init`, it also
+    holds when the caller initialised Ray or the pool joins an existing cluster; a node where that path
+    does not exist uses its own installed packages. (A user folder that is a regular package, with an
+    `__init__.py`, still shadows ours: the package names are generic.)
+
+    Serve gives a deployment that sets its own runtime_env nothing of the job's, so the job's is copied.
+    `${PYTHONPATH}` keeps the worker's own (expanded by Ray when the worker starts).
+    """
+    root = _package_root()
+    if root is None:
+        return None
+    runtime_env = copy.deepcopy(dict(ray.get_runtime_context().runtime_env or {}))
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars["PYTHONPATH"] = os.pathsep.join([str(root), env_vars.get("PYTHONPATH", "${PYTHONPATH}")])
+    runtime_env["env_vars"] = env_vars
+    return runtime_env
+
+
 def _application(name: str, factory: Callable[[], Agent], hosting: HostingConfig) -> serve.RunTarget:
-    """One agent's Serve application: scaling and CPU from `hosting.deployments`, no HTTP route."""
+    """One agent's Serve application: scaling, queue bound and CPU from `hosting.deployments`, no route."""
     conf = hosting.deployment(name)
     scaling: dict[str, Any] = (
         {"num_replicas": conf.num_replicas}
         if conf.autoscaling is None
         else {"autoscaling_config": AutoscalingConfig(**conf.autoscaling.model_dump())}
     )
+    actor_options: dict[str, Any] = {"num_cpus": conf.num_cpus}
+    runtime_env = _replica_runtime_env()
+    if runtime_env is not None:
+        actor_options["runtime_env"] = runtime_env
     deployment = serve.deployment(
         name=name,
         max_ongoing_requests=conf.max_ongoing_requests,
-        ray_actor_options={"num_cpus": conf.num_cpus},
+        max_queued_requests=conf.max_queued_requests,
+        ray_actor_options=actor_options,
         **scaling,
     )(AgentReplica)
     app = deployment.bind(factory, hosting.max_batch_size, hosting.batch_wait_timeout_s)
     return serve.RunTarget(app, name=APP_PREFIX + name, route_prefix=None, logging_config=_QUIET)
+
+
+def _agent_error(name: str, exc: Exception) -> AgentError:
+    """A Ray/Serve failure as the AgentError callers handle, naming its underlying cause.
+
+    Backpressure (`max_queued_requests` reached) becomes AgentOverloaded: raised by the handle itself, or
+    wrapped (a RayTaskError's `cause`) when it crossed a process boundary.
+    """
+    causes = [exc, getattr(exc, "cause", None), exc.__cause__]
+    refused = next((c for c in causes if isinstance(c, BackPressureError)), None)
+    if refused is not None:
+        retry = refused.retry_after_s
+        return AgentOverloaded(name, f"overloaded: {refused}", retry_after_s=1.0 if retry is None else retry)
+    cause = getattr(exc, "cause", None)
+    return AgentError(name, failure_message(cause if isinstance(cause, Exception) else exc))
 
 
 class RayPool:
@@ -108,40 +176,53 @@ class RayPool:
     def names(self) -> list[str]:
         return sorted(self._apps)
 
-    def run(self, name: str, items: list[AgentInput]) -> list[AgentResult]:
+    def run(self, name: str, items: list[AgentInput], timeout_s: float | None = None) -> list[AgentResult]:
+        """See `AgentPool.run`: a full deployment queue (`max_queued_requests`) is AgentOverloaded."""
         handle = self._handles.get(name)
         if handle is None:
             raise AgentError(name, f"no such agent; this pool hosts {self.names()}")
         if self._closed:
             raise AgentError(name, "pool is closed")
-        deadline = time.monotonic() + self.timeout_s
+        limit = self.timeout_s if timeout_s is None else max(min(timeout_s, self.timeout_s), 0.0)
+        deadline = time.monotonic() + limit
         self._count(name, len(items))
+        responses: list[DeploymentResponse] = []
         try:
             # Not streaming, so every call answers a DeploymentResponse.
-            responses = [cast(DeploymentResponse, handle.remote(item)) for item in items]
-            return self._collect(name, responses, deadline)
+            for item in items:
+                responses.append(cast(DeploymentResponse, handle.remote(item)))
+            return self._collect(name, responses, deadline, limit)
+        except BaseException as exc:
+            # Whatever ended this call (timeout, a failed or refused item, an interrupt): the items still
+            # queued or running are nobody's any more; cancelled, they leave the replica's queue.
+            for pending in responses:
+                pending.cancel()
+            if isinstance(exc, AgentError):
+                raise
+            if isinstance(exc, Exception):
+                raise _agent_error(name, exc) from exc
+            raise
         finally:
             self._count(name, -len(items))
 
-    def _collect(self, name: str, responses: list[DeploymentResponse], deadline: float) -> list[AgentResult]:
+    def _collect(
+        self, name: str, responses: list[DeploymentResponse], deadline: float, limit: float
+    ) -> list[AgentResult]:
         results = []
         for response in responses:
             try:
                 outcome = response.result(timeout_s=max(deadline - time.monotonic(), 0.0))
             except TimeoutError:
-                for pending in responses:
-                    pending.cancel()
-                raise AgentError(name, f"timed out after {self.timeout_s:g} s") from None
-            except Exception as exc:  # replica died, app deleted, ...: report the underlying cause
-                cause = getattr(exc, "cause", None)
-                reported = cause if isinstance(cause, Exception) else exc
-                raise AgentError(name, failure_message(reported)) from exc
+                raise AgentError(name, f"timed out after {limit:g} s") from None
+            except Exception as exc:  # replica died, app deleted, queue full...
+                raise _agent_error(name, exc) from exc
             if isinstance(outcome, _Failure):
                 raise AgentError(name, outcome.message)
             results.append(outcome)
         return results
 
     def _count(self, name: str, delta: int) -> None:
+        # Counted by the caller, so the gauge also covers items still waiting at the handle.
         with self._lock:
             self._in_flight[name] += delta
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from agents.base import Entity
 from agents.extraction import ExtractionAgent
-from agents.langid import detect_language
+from agents.langid import UNDETERMINED, detect_language
 
 # What identifies or reaches a person. Order and ticket ids (ORDER_ID, TICKET_ID) are PII-able too and the
 # shipped policy redacts them (privacy.entities); a bare Redactor leaves them, so that a caller that names no
@@ -57,8 +57,14 @@ class TurnsRedaction(BaseModel):
     count: int
 
 
+# Below this detection probability the language is "und": national phone formats of every supported region
+# are read and spaCy names nobody ("Meine Telefonnummer lautet 040 / 822 44 190" comes out French at 0.14).
+MIN_LANGUAGE_CONFIDENCE = 0.5
+
+
 def _detected_language(text: str) -> str:
-    return detect_language(text)[0]
+    language, probability = detect_language(text)
+    return language if probability >= MIN_LANGUAGE_CONFIDENCE else UNDETERMINED
 
 
 class Redactor:

@@ -255,7 +255,8 @@ def heuristic_confidence(source: str, translation: str, source_language: str) ->
     return confidence
 
 
-_SENTENCE_END_RE = re.compile(r"[.!?…;。！？；]+[\"'”’»)\]]*\s+|\n+")
+# Sentence ends (ASCII and full-width . ! ? ;), closing quotes/brackets, then the whitespace after them.
+_SENTENCE_END_RE = re.compile(r"[.!?;\u2026\u3002\uff01\uff1f\uff1b]+[\"')\]\u00bb\u2019\u201d]*\s+|\n+")
 _SPACE_RE = re.compile(r"\s+")
 
 
@@ -576,7 +577,9 @@ class TranslationAgent:
             if end - first == 1 and len(parts) == 1:
                 results.append(outputs[first])
                 continue
-            text = "".join(lead + (outputs[i][0] if i is not None else "") + trail for lead, i, trail in parts)
+            text = "".join(
+                lead + (outputs[i][0] if i is not None else "") + trail for lead, i, trail in parts
+            )
             weights = [len(cores[i]) for i in range(first, end)]
             total = sum(weights) or 1
             confidence = sum(w * outputs[i][1] for w, i in zip(weights, range(first, end), strict=True))

@@ -36,8 +36,11 @@ def preset_path(name: str) -> Path:
 
 
 def load_policy(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Policy:
-    """Load a policy file (default preset when None); `SLM_ROUTER__A__B=value` overrides key a.b."""
+    """Load a policy file or preset by name (default preset when None); a file may `extends:` another;
+    `SLM_ROUTER__A__B=value` overrides key a.b."""
     source = Path(path) if path is not None else DEFAULT_POLICY
+    if not source.is_file() and source.suffix == "" and (PRESETS_DIR / f"{source}.yaml").is_file():
+        source = preset_path(str(source))  # a preset by name: `-p privacy-strict`
     data = _read(source, seen=())
     _apply_env_overrides(data, os.environ if env is None else env)
     return policy_from_dict(data, source=str(source), base_dir=source.resolve().parent)

@@ -224,8 +224,16 @@ def serve(
     with console.status(f"loading models ({backend or conf.hosting.backend} backend)..."):
         try:
             router = Router(conf, backend="ray" if backend == "ray" else "local" if backend else None)
-        except SlmRouterError as exc:
-            _fail(str(exc))
+        except Exception as exc:  # start-up / deployment failure: one line, the traceback only at debug
+            import logging
+
+            logging.getLogger(__name__).debug("router start-up failed", exc_info=True)
+            if isinstance(exc, SlmRouterError):
+                reason = str(exc)  # our own errors are written for the user
+            else:  # e.g. Ray Serve's deployment failure, whose message can carry whole tracebacks
+                first = (str(exc).strip().splitlines() or [""])[0]
+                reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            _fail(f"could not start the router ({backend or conf.hosting.backend} backend): {reason}", code=1)
     app_ = create_app(router, conf.server, keys)
     console.print(
         f"serving on http://{bind_host}:{port or conf.server.port}  (docs: /docs, metrics: /metrics)"

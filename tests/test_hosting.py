@@ -159,7 +159,9 @@ def test_full_backlog_is_refused_at_once_as_overloaded() -> None:
             while pool.queue_depth()["hung"] < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             started = time.monotonic()
-            with pytest.raises(AgentOverloaded, match=r"overloaded: 2 items pending \(max_pending 3\)") as info:
+            with pytest.raises(
+                AgentOverloaded, match=r"overloaded: 2 items pending \(max_pending 3\)"
+            ) as info:
                 pool.run("hung", [AgentInput(text="c"), AgentInput(text="d")])
             assert time.monotonic() - started < 0.5 and info.value.retry_after_s > 0
             assert isinstance(info.value, AgentError)  # callers that only know AgentError still handle it
@@ -173,7 +175,8 @@ def test_full_backlog_is_refused_at_once_as_overloaded() -> None:
 def test_idle_agent_takes_a_request_larger_than_the_bound(echo: _Echo) -> None:
     pool = LocalPool({"echo": echo}, timeout_s=5.0, max_pending=1)
     try:
-        assert [r.output for r in pool.run("echo", [AgentInput(text="a"), AgentInput(text="b")])] == ["A", "B"]
+        results = pool.run("echo", [AgentInput(text="a"), AgentInput(text="b")])
+        assert [r.output for r in results] == ["A", "B"]
     finally:
         pool.close()
 

@@ -160,7 +160,7 @@ def test_agent_timeout_is_handed_to_backends_that_take_one() -> None:
 
 
 def test_real_engine_on_unsplittable_text_is_bounded() -> None:
-    """Unchunked, 1,600 x "ã" costs the engine about 6 s, 3,200 about 20 s; in 400-char chunks it is linear."""
+    """Unchunked, 1,600 x "ã" costs the engine ~6 s and 3,200 ~20 s; in 400-char chunks it is linear."""
     agent = TranslationAgent(timeout_s=60.0)
     try:
         started = time.monotonic()
@@ -182,6 +182,8 @@ def test_forced_pathological_translate_request_answers_promptly(router: Router) 
     assert time.monotonic() - started < 60
     assert result.route == "translate" and result.action != "specialist"  # escalated, not ground through
     started = time.monotonic()
-    normal = router.invoke({"text": "Translate to English: quero cancelar o meu pedido", "route": "translate"})
+    normal = router.invoke(
+        {"text": "Translate to English: quero cancelar o meu pedido", "route": "translate"}
+    )
     assert time.monotonic() - started < 30
     assert normal.action == "specialist" and "cancel" in normal.output.lower()
