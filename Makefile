@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-ray lint bench train-sentiment routes clean
+.PHONY: install install-dev demo test test-ray test-load lint bench train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: install-dev
 # Ray integration tests: one real local Ray cluster shared by the session (about a minute on 2 cores).
 test-ray: install-dev
 	$(PY) -m pytest -m ray
+
+# Long load and fault tests: 2x capacity for 60 s (local) and 30 s (Ray), more generated inputs (~5 min).
+test-load: install-dev
+	SLM_ROUTER_PROPERTY_EXAMPLES=200 $(PY) -m pytest -m slow tests/test_load.py tests/test_properties.py -o addopts=''
 
 lint: install-dev
 	$(VENV)/bin/ruff check router agents policies tests examples bench

@@ -46,6 +46,8 @@ MODEL_PERSON_LANGUAGES = frozenset({"en"})
 # A run of this many characters without whitespace is never a name, place or date, and spaCy's tokenizer is
 # quadratic on such runs when they are made of prefix/suffix characters (20,000 emoji or "!" took ~50 s).
 MAX_MODEL_RUN = 40
+# Up to this length spaCy reads the text unchanged; longer texts have digit words simplified (_model_view).
+MODEL_EXACT_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -169,30 +171,30 @@ def _cued(text: str, start: int) -> bool:
 
 # What a phone number is written with, from its first digit (or "+" / "(") to its last digit.
 _NUMBER_RUN_CHARS = re.compile(r"[+(]?\d(?:[\d \t().\/-]*\d)?")
-_WINDOW_CHARS = 48  # longer runs (a list of numbers, a wall of digits) are cut at whitespace
+_WINDOW_CHARS = 48  # longer runs (a list of numbers, a wall of digits) are cut at a space
 _MARGIN = 2  # characters either side, so the matcher still sees a letter glued to a window
+# Matcher runs one text may cost (~0.1-0.6 ms each); past it only the PHONE regex above reads the rest, so a
+# 20,000-character wall of digits stays well under a second. Ordinary messages need a handful.
+MAX_PHONE_MATCHER_RUNS = 1500
 
 
 def _number_windows(text: str) -> Iterator[tuple[int, int]]:
     """Where phone numbers can be: runs of number characters with 7+ digits, at most _WINDOW_CHARS long.
 
-    The matcher runs once per region; over windows instead of the whole text its work follows the numbers
-    in a message, not its length (20,000 characters of prose hold a few).
+    The matcher runs per window rather than over the whole text, so its work follows the numbers in a
+    message, not its length (20,000 characters of prose hold a few).
     """
     for m in _NUMBER_RUN_CHARS.finditer(text):
         start, end = m.span()
         while start < end:
             stop = end
             if stop - start > _WINDOW_CHARS:
-                cut = max(
-                    text.rfind(" ", start, start + _WINDOW_CHARS),
-                    text.rfind("\t", start, start + _WINDOW_CHARS),
-                )
+                cut = text.rfind(" ", start, start + _WINDOW_CHARS)
                 stop = cut if cut > start else start + _WINDOW_CHARS
             if sum(c.isdigit() for c in text[start:stop]) >= 7:
                 yield start, stop
             start = stop
-            while start < end and text[start] in " \t":
+            while start < end and text[start] == " ":
                 start += 1
 
 
@@ -200,8 +202,9 @@ def find_phones(text: str, language: str | None = None) -> set[tuple[int, int]]:
     """Phone numbers as libphonenumber reads them.
 
     Accepted: a number valid (Leniency.VALID) in one of the language's regions; after a phone cue, also one
-    valid in any listed region or only possible (right length, Leniency.POSSIBLE) in the language's. Spans
-    of different regions may overlap; the recogniser keeps the longest.
+    valid in any listed region or only possible (right length, Leniency.POSSIBLE) in the language's. The
+    regions of a window are tried in order until one finds a number covering all its digits. Spans of
+    different regions may overlap; the recogniser keeps the longest.
     """
     windows = list(_number_windows(text))
     if not windows:
@@ -213,13 +216,20 @@ def find_phones(text: str, language: str | None = None) -> set[tuple[int, int]]:
     cued = plain + [(r, phonenumbers.Leniency.VALID) for r in ALL_PHONE_REGIONS if r not in own]
     cued += [(r, phonenumbers.Leniency.POSSIBLE) for r in own]
     spans: set[tuple[int, int]] = set()
+    runs = 0
     for start, end in windows:
         base = max(0, start - _MARGIN)
         window = text[base : end + _MARGIN]
+        digits = sum(c.isdigit() for c in window)
         for region, leniency in cued if _cued(text, start) else plain:
-            for m in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
-                if _phone_digits_ok(m.raw_string):
-                    spans.add((base + m.start, base + m.end))
+            if runs >= MAX_PHONE_MATCHER_RUNS:
+                return spans
+            runs += 1
+            matcher = phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency)
+            found = [m for m in matcher if _phone_digits_ok(m.raw_string)]
+            spans.update((base + m.start, base + m.end) for m in found)
+            if sum(c.isdigit() for m in found for c in m.raw_string) >= digits:
+                break
     return spans
 
 
@@ -490,35 +500,57 @@ _NUMBER_RUN = re.compile(r"(?:\d[\s-]?){9,}")
 _LONG_RUN = re.compile(rf"\S{{{MAX_MODEL_RUN},}}")
 
 
-def _model_view(text: str) -> str:
-    """The text spaCy reads: whitespace-free runs of MAX_MODEL_RUN+ characters blanked (same length, so
-    offsets hold), which keeps the tokenizer linear (see MAX_MODEL_RUN)."""
-    return _LONG_RUN.sub(lambda m: " " * len(m.group()), text)
+_DIGIT_WORD = re.compile(r"\S*\d\S*")
+
+
+def _blank(m: re.Match[str]) -> str:
+    return " " * len(m.group())
+
+
+def _zeros(m: re.Match[str]) -> str:
+    return "0" * len(m.group())
+
+
+def _model_view(text: str, names_only: bool) -> str:
+    """The text spaCy reads, changed at the same length (so offsets hold): whitespace-free runs of
+    MAX_MODEL_RUN+ characters blanked, which keeps the tokenizer linear (see MAX_MODEL_RUN); and, when only
+    names are wanted in a text longer than MODEL_EXACT_CHARS, each word with a digit made one token of zeros
+    ("A-1-2-3" is seven tokens): NER time grows with the tokens (~0.1 ms each here), and no name has a digit.
+    Shorter texts are read as they are: the small model's names shift with their context ("my husband James
+    at 303-555-0142" is a name, "... at 000-000-0000" is not).
+    """
+    view = _LONG_RUN.sub(_blank, text)
+    return _DIGIT_WORD.sub(_zeros, view) if names_only and len(text) > MODEL_EXACT_CHARS else view
 
 
 def _model_name_ok(text: str, tokens: int) -> bool:
     return not any(c.isdigit() for c in text) and not (tokens == 1 and text.lower() in NOT_A_NAME)
 
 
-def _model_entities(doc: Doc, labels: Collection[str]) -> list[Entity]:
+def _model_entities(doc: Doc, labels: Collection[str], text: str) -> list[Entity]:
     """spaCy's entities with the wanted labels, minus bare runs of 9+ digits: the small model calls
     card and id numbers DATE, and a long bare number is never a name, place or date. PERSON readings with a
-    digit ("Austin TX 78701") or of one word in NOT_A_NAME ("Maestro", "Support") are dropped too.
+    digit ("Austin TX 78701") or of one word in NOT_A_NAME ("Maestro", "Support") are dropped too. Entity
+    text is taken from `text`, the original of the (partly blanked) text spaCy read.
     """
-    return [
-        Entity(
-            label=ent.label_,
-            text=ent.text,
-            start=ent.start_char,
-            end=ent.end_char,
-            score=MODEL_SCORE,
-            source="model",
+    entities = []
+    for ent in doc.ents:
+        value = text[ent.start_char : ent.end_char]
+        if ent.label_ not in labels or _NUMBER_RUN.fullmatch(value):
+            continue
+        if ent.label_ == "PERSON" and not _model_name_ok(value, len(ent)):
+            continue
+        entities.append(
+            Entity(
+                label=ent.label_,
+                text=value,
+                start=ent.start_char,
+                end=ent.end_char,
+                score=MODEL_SCORE,
+                source="model",
+            )
         )
-        for ent in doc.ents
-        if ent.label_ in labels
-        and not _NUMBER_RUN.fullmatch(ent.text)
-        and not (ent.label_ == "PERSON" and not _model_name_ok(ent.text, len(ent)))
-    ]
+    return entities
 
 
 def _load_ner_pipeline(model: str) -> Language:
@@ -607,9 +639,9 @@ class ExtractionAgent:
         ]
         todo = [i for i, w in enumerate(wanted) if w]
         if todo:
-            docs = self.nlp.pipe([_model_view(texts[i]) for i in todo])
-            for i, doc in zip(todo, docs, strict=True):
-                model = _model_entities(doc, wanted[i])
+            views = [_model_view(texts[i], wanted[i] <= {"PERSON"}) for i in todo]
+            for i, doc in zip(todo, self.nlp.pipe(views), strict=True):
+                model = _model_entities(doc, wanted[i], texts[i])
                 found[i] += [e for e in model if not _overlaps(e.start, e.end, found[i])]
                 found[i].sort(key=lambda e: e.start)
         return [[e for e in entities if labels is None or e.label in labels] for entities in found]

@@ -502,7 +502,12 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         """Prometheus text format: requests and escalations by route and reason, latency per node."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -36,7 +36,14 @@ from policies.schema import ALL_PII
 DATA = Path(__file__).resolve().parent / "data" / "pii_messages.jsonl"
 TYPES = ("EMAIL", "PHONE", "CARD_NUMBER", "IBAN", "ADDRESS", "ORDER_ID", "PERSON")
 GOLD_TYPE = {"TICKET_ID": "ORDER_ID"}  # redaction label -> labelled type, where they differ
-MIN_RECALL = {"EMAIL": 0.99, "CARD_NUMBER": 0.99, "PHONE": 0.95, "IBAN": 0.95, "ORDER_ID": 0.95, "ADDRESS": 0.80}
+MIN_RECALL = {
+    "EMAIL": 0.99,
+    "CARD_NUMBER": 0.99,
+    "PHONE": 0.95,
+    "IBAN": 0.95,
+    "ORDER_ID": 0.95,
+    "ADDRESS": 0.80,
+}
 MIN_PRECISION = {"PERSON": 0.95}
 # Capitalised German nouns the English spaCy model took for names before PERSON was gated by language.
 GERMAN_NOUNS = ("Bestellung", "Rechnung", "Lieferung", "Kundendienst", "Paket", "Kundenservice", "Sendung")
@@ -229,7 +236,9 @@ def test_invalid_ibans_are_not_found(text: str) -> None:
 
 
 def test_iban_is_redacted(redactor: Redactor) -> None:
-    redaction = redactor.redact("Konto DE89 3704 0044 0532 0130 00, Kontoinhaber Jürgen Weber.", language="de")
+    redaction = redactor.redact(
+        "Konto DE89 3704 0044 0532 0130 00, Kontoinhaber Jürgen Weber.", language="de"
+    )
     assert redaction.text == "Konto [IBAN_1], Kontoinhaber [PERSON_1]."
 
 
@@ -267,9 +276,7 @@ def test_phone_formats(text: str, language: str, phone: str) -> None:
         ("I paid $1,234.56 on 2024-05-01 for 12 units", "en"),
     ],
 )
-def test_dates_amounts_and_counts_are_not_phones(
-    redactor: Redactor, text: str, language: str
-) -> None:
+def test_dates_amounts_and_counts_are_not_phones(redactor: Redactor, text: str, language: str) -> None:
     assert redactor.redact(text, language=language).count == 0
 
 
@@ -284,7 +291,9 @@ def test_an_order_id_is_not_read_as_a_phone(redactor: Redactor) -> None:
 def test_person_comes_from_cues_outside_english(redactor: Redactor) -> None:
     text = "Die Bestellung kam nicht. Mein Name ist Lena Hartmann, Frau Vogel weiß Bescheid."
     redaction = redactor.redact(text, language="de")
-    assert redaction.text == "Die Bestellung kam nicht. Mein Name ist [PERSON_1], Frau [PERSON_2] weiß Bescheid."
+    assert (
+        redaction.text == "Die Bestellung kam nicht. Mein Name ist [PERSON_1], Frau [PERSON_2] weiß Bescheid."
+    )
 
 
 def test_english_names_need_no_cue(redactor: Redactor) -> None:

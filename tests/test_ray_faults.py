@@ -197,6 +197,9 @@ def narrow_pool(ray_cluster: None) -> Iterator[RayPool]:
 
     one = DeploymentConfig(num_cpus=0.1, max_ongoing_requests=1, max_queued_requests=1)
     pool = RayPool({"echo": SlowEcho}, HostingConfig(deployments={"echo": one}), timeout_s=20.0)
+    # A handle learns the deployment's config (queue bound included) once its first call has gone out;
+    # until then it does not refuse anything.
+    pool.run("echo", [AgentInput(text="warm up")])
     yield pool
     pool.close()
 
