@@ -44,7 +44,8 @@ test-ray: install-dev
 
 # Long load and fault tests: 2x capacity for 60 s (local) and 30 s (Ray), more generated inputs (~5 min).
 test-load: install-dev
-	SLM_ROUTER_PROPERTY_EXAMPLES=200 $(PY) -m pytest -m slow tests/test_load.py tests/test_properties.py -o addopts=''
+	$(PY) -m pytest -o addopts='-ra' -m slow tests/test_load.py
+	SLM_ROUTER_PROPERTY_EXAMPLES=200 $(PY) -m pytest tests/test_properties.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check router agents policies tests examples bench

@@ -173,8 +173,9 @@ def _cued(text: str, start: int) -> bool:
 _NUMBER_RUN_CHARS = re.compile(r"[+(]?\d(?:[\d \t().\/-]*\d)?")
 _WINDOW_CHARS = 48  # longer runs (a list of numbers, a wall of digits) are cut at a space
 _MARGIN = 2  # characters either side, so the matcher still sees a letter glued to a window
-# Matcher runs one text may cost (~0.1-0.6 ms each); past it only the PHONE regex above reads the rest, so a
-# 20,000-character wall of digits stays well under a second. Ordinary messages need a handful.
+# Matcher runs one text may cost (~0.1-0.6 ms each); past it only the PHONE pattern in PATTERNS reads the
+# rest, which keeps a 20,000-character wall of digits inside the latency budget (bench/pii.py). Ordinary
+# messages need a handful; a pasted list of a few hundred numbers still fits.
 MAX_PHONE_MATCHER_RUNS = 1500
 
 

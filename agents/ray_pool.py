@@ -6,6 +6,7 @@ Ray is imported only here, so the local backend never pays for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -196,7 +197,8 @@ class RayPool:
             # Whatever ended this call (timeout, a failed or refused item, an interrupt): the items still
             # queued or running are nobody's any more; cancelled, they leave the replica's queue.
             for pending in responses:
-                pending.cancel()
+                with contextlib.suppress(Exception):  # cancel() re-raises a failed assignment's error
+                    pending.cancel()
             if isinstance(exc, AgentError):
                 raise
             if isinstance(exc, Exception):

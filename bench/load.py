@@ -60,8 +60,8 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_policy(folder: Path, fallback_url: str, backend: str) -> Path:
-    """The packaged default policy, with the fake fallback and the chosen backend."""
+def write_policy(folder: Path, fallback_url: str, backend: str, **fallback: Any) -> Path:
+    """The packaged default policy, with the fake fallback (plus `fallback` settings) and the backend."""
     from policies import DEFAULT_POLICY
 
     data = yaml.safe_load(Path(DEFAULT_POLICY).read_text())
@@ -69,7 +69,7 @@ def write_policy(folder: Path, fallback_url: str, backend: str) -> Path:
     for route in data["routes"].values():
         examples = route.get("examples", [])
         route["examples"] = [str(base / e) for e in ([examples] if isinstance(examples, str) else examples)]
-    data["fallback"] = {"kind": "openai", "base_url": fallback_url, "model": "fake", "timeout_s": 5}
+    data["fallback"] |= {"kind": "openai", "base_url": fallback_url, "model": "fake"} | fallback
     data["hosting"]["backend"] = backend
     data["server"]["auth"] = "disabled"
     data["decision_log"] = {"enabled": False}
@@ -202,7 +202,7 @@ def run(
     port = _port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as folder:
-        policy = write_policy(Path(folder), fake.base_url, backend)
+        policy = write_policy(Path(folder), fake.base_url, backend, timeout_s=5)
         proc = start_server(policy, port)
         try:
             wait_ready(url, proc)
