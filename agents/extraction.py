@@ -444,7 +444,8 @@ FINDERS: tuple[Finder, ...] = (
 )
 
 
-def _overlaps(start: int, end: int, taken: Iterable[Entity]) -> bool:
+def overlaps(start: int, end: int, taken: Iterable[Entity]) -> bool:
+    """Whether [start, end) overlaps any of `taken`."""
     return any(start < e.end and e.start < end for e in taken)
 
 
@@ -482,7 +483,7 @@ class PatternRecognizer:
                 add(rank, finder.label, finder.score, span, span)
         taken: list[Entity] = []
         for _, _, entity in sorted(candidates, key=lambda c: c[:2]):
-            if not _overlaps(entity.start, entity.end, taken):
+            if not overlaps(entity.start, entity.end, taken):
                 taken.append(entity)
         return sorted(taken, key=lambda e: e.start)
 
@@ -643,7 +644,7 @@ class ExtractionAgent:
             views = [_model_view(texts[i], wanted[i] <= {"PERSON"}) for i in todo]
             for i, doc in zip(todo, self.nlp.pipe(views), strict=True):
                 model = _model_entities(doc, wanted[i], texts[i])
-                found[i] += [e for e in model if not _overlaps(e.start, e.end, found[i])]
+                found[i] += [e for e in model if not overlaps(e.start, e.end, found[i])]
                 found[i].sort(key=lambda e: e.start)
         return [[e for e in entities if labels is None or e.label in labels] for entities in found]
 

@@ -18,9 +18,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -32,7 +31,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import BaseModel, PrivateAttr
 
 from agents.base import AgentError, AgentResult, FallbackOutput
-from agents.redaction import Redaction, Redactor
+from agents.redaction import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -315,30 +314,6 @@ def strip_control_tokens(text: str) -> str:
         if cleaned == text:
             return cleaned
         text = cleaned
-
-
-_PLACEHOLDER = re.compile(r"\[([A-Z_]+)_\d+\]")
-
-
-def merge_turn_redactions(redactions: Sequence[Redaction]) -> tuple[list[str], dict[str, str], int]:
-    """Turns redacted one by one, numbered as one transcript: a value has the same placeholder in every
-    turn and a placeholder one value. Returns the texts, placeholder -> original, and the spans replaced."""
-    placeholders: dict[tuple[str, str], str] = {}
-    per_label: dict[str, int] = {}
-
-    def renumber(local: dict[str, str], match: re.Match[str]) -> str:
-        original = local.get(match.group(0))
-        if original is None:  # text that only looks like a placeholder
-            return match.group(0)
-        key = (match.group(1), original)
-        if key not in placeholders:
-            per_label[key[0]] = per_label.get(key[0], 0) + 1
-            placeholders[key] = f"[{key[0]}_{per_label[key[0]]}]"
-        return placeholders[key]
-
-    texts = [_PLACEHOLDER.sub(partial(renumber, r.mapping), r.text) for r in redactions]
-    mapping = {placeholder: original for (_, original), placeholder in placeholders.items()}
-    return texts, mapping, sum(r.count for r in redactions)
 
 
 _TRANSIENT_ERRORS = frozenset(
@@ -812,7 +787,8 @@ class FallbackAgent:
         mapping: dict[str, str] | None = None
         count = 0
         if self.redactor is not None:
-            turns, mapping, count = merge_turn_redactions(self.redactor.redact_batch(turns))
+            redaction = self.redactor.redact_turns(turns)
+            turns, mapping, count = redaction.texts, redaction.mapping, redaction.count
         system = self.system_prompt if not task_prompt else f"{self.system_prompt}\n{task_prompt}"
         messages: list[BaseMessage] = [SystemMessage(content=system)]
         messages += [

@@ -72,6 +72,16 @@ class _Child:
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
             return None
 
+    def stop(self) -> None:
+        """SIGTERM first (a clean exit), SIGKILL if it does not go within 5 s."""
+        self._outbox.put(None)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
 
 class WorkerProcess:
     """A lazily started child process answering one JSON request at a time.
@@ -119,7 +129,8 @@ class WorkerProcess:
             deadline = None if limit is None else time.monotonic() + limit
             for attempt in range(self.retries + 1):
                 if self._child is None or self._child.proc.poll() is not None:
-                    if self._child is not None:
+                    if self._child is not None:  # died (or was killed) since the last request
+                        self._child.kill()  # reaps it and ends its threads
                         self.restarts += 1
                     self._child = _Child(self._start())
                 child = self._child
@@ -153,12 +164,8 @@ class WorkerProcess:
         """Stops the child, after the request in flight (if any) has its answer or its timeout."""
         with self._lock:
             child, self._child = self._child, None
-            if child is not None and child.proc.poll() is None:
-                child.proc.terminate()
-                try:
-                    child.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            if child is not None:
+                child.stop()
 
 
 def serve(handler: Callable[[dict[str, Any]], Any]) -> None:

@@ -72,7 +72,7 @@ def _package_root() -> Path | None:
     """
     root = Path(__file__).resolve().parents[1]
     site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
-    return None if root in site_dirs else root
+    return None  # TEMP
 
 
 def _replica_runtime_env() -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pydantic import BaseModel
 
 from agents.base import Entity
-from agents.extraction import ExtractionAgent
+from agents.extraction import NOT_A_NAME, ExtractionAgent, overlaps
 from agents.langid import UNDETERMINED, detect_language
 
 # What identifies or reaches a person. Order and ticket ids (ORDER_ID, TICKET_ID) are PII-able too and the
@@ -92,19 +92,21 @@ class Redactor:
     ) -> list[Redaction]:
         """Batched, so spaCy runs once over all texts (`nlp.pipe`); a missing language is detected."""
         entities = self._entities(texts, languages)
-        return [_redact(text, found, _Table()) for text, found in zip(texts, entities, strict=True)]
+        return [
+            _redact(text, _with_repeats([text], [found])[0], _Table())
+            for text, found in zip(texts, entities, strict=True)
+        ]
 
     def redact_turns(self, turns: Sequence[str], language: str | None = None) -> TurnsRedaction:
         """Redact each turn on its own (no separator joins them, so none can be eaten by a pattern or split a
         value) with one placeholder table for the conversation. The language, when not given, is detected
-        once over all turns: one turn is often too short to tell.
+        once over all turns: one turn is often too short to tell. A value found in one turn is redacted in
+        every turn ("mein Name ist Jonas Weber", then "Hallo Jonas").
         """
         language = language or self.detect("\n".join(turns))
         table = _Table()
-        redactions = [
-            _redact(text, found, table)
-            for text, found in zip(turns, self._entities(turns, [language] * len(turns)), strict=True)
-        ]
+        found = _with_repeats(turns, self._entities(turns, [language] * len(turns)))
+        redactions = [_redact(text, entities, table) for text, entities in zip(turns, found, strict=True)]
         return TurnsRedaction(
             texts=[r.text for r in redactions],
             mapping=table.mapping(),
@@ -119,6 +121,44 @@ class Redactor:
     @staticmethod
     def restore(text: str, mapping: Mapping[str, str]) -> str:
         return restore(text, mapping)
+
+
+_MIN_NAME_PART = 3  # "Jonas" of "Jonas Weber" is redacted on its own; "de" of "Jan de Vries" is not
+
+
+def _with_repeats(texts: Sequence[str], found: Sequence[list[Entity]]) -> list[list[Entity]]:
+    """Add every other occurrence, as a whole word, of a value found anywhere in `texts`, and of each
+    capitalised part of a name: a cue or the model finds a name once ("Mein Name ist Jonas Weber"), the rest
+    of the text mentions it bare ("Danke, Jonas"), and that must not leak.
+    """
+    known: dict[str, Entity] = {}
+    for entities in found:
+        for e in entities:
+            known.setdefault(e.text, e)
+            if e.label == "PERSON":
+                for part in e.text.split():
+                    if len(part) >= _MIN_NAME_PART and part[0].isupper() and part.lower() not in NOT_A_NAME:
+                        known.setdefault(part, e.model_copy(update={"text": part}))
+    if not known:
+        return [list(entities) for entities in found]
+    values = sorted(known, key=len, reverse=True)  # the longest reading first: "Jonas Weber" before "Jonas"
+    out = []
+    for text, entities in zip(texts, found, strict=True):
+        taken = list(entities)
+        for value in values:  # str.find, not a regex alternation of them all: linear in their number
+            start = text.find(value)
+            while start >= 0:
+                end = start + len(value)
+                whole_word = not _word_char(text, start - 1) and not _word_char(text, end)
+                if whole_word and not overlaps(start, end, taken):
+                    taken.append(known[value].model_copy(update={"start": start, "end": end}))
+                start = text.find(value, end)
+        out.append(sorted(taken, key=lambda e: e.start))
+    return out
+
+
+def _word_char(text: str, i: int) -> bool:
+    return 0 <= i < len(text) and (text[i].isalnum() or text[i] == "_")
 
 
 class _Table:

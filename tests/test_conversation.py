@@ -36,7 +36,7 @@ def test_conversations_are_separate_and_the_fallback_sees_earlier_turns(router: 
         router.invoke({"text": "What is the best way to grow tomatoes?", "conversation_id": "conv-a"})
     finally:
         router.fallback.chat_model.callbacks = None
-    assert any("order 12345" in sent for sent in capture.sent[-3:])  # the earlier turn went along
+    assert any("two weeks" in sent for sent in capture.sent[-3:])  # the earlier turn went along
     other = router.invoke({"text": FOLLOW_UP, "conversation_id": "conv-b"})
     assert other.trace[1].info["used_context"] is False
 

@@ -22,10 +22,8 @@ from agents.fallback import (
     FallbackUnavailable,
     LlamaCppChatModel,
     build_chat_model,
-    merge_turn_redactions,
     strip_control_tokens,
 )
-from agents.redaction import Redaction
 from policies import FallbackConfig
 from tests.fake_llm import FakeLLM
 
@@ -356,26 +354,6 @@ def test_strip_control_tokens(token: str) -> None:
 def test_strip_control_tokens_keeps_ordinary_text() -> None:
     text = "a | b, [INFO] <b>bold</b> x<y>z 5 > 3 [EMAIL_1]"
     assert strip_control_tokens(text) == text
-
-
-def test_turn_redactions_share_placeholders() -> None:
-    turns = [
-        Redaction(
-            text="I am [PERSON_1], mail [EMAIL_1]",
-            mapping={"[PERSON_1]": "Ann", "[EMAIL_1]": "a@x.io"},
-            count=2,
-        ),
-        Redaction(text="ok", mapping={}, count=0),
-        Redaction(
-            text="[PERSON_1] and [PERSON_2] at [EMAIL_1]",
-            mapping={"[PERSON_1]": "Bob", "[PERSON_2]": "Ann", "[EMAIL_1]": "a@x.io"},
-            count=3,
-        ),
-    ]
-    texts, mapping, count = merge_turn_redactions(turns)
-    assert texts == ["I am [PERSON_1], mail [EMAIL_1]", "ok", "[PERSON_2] and [PERSON_1] at [EMAIL_1]"]
-    assert mapping == {"[PERSON_1]": "Ann", "[EMAIL_1]": "a@x.io", "[PERSON_2]": "Bob"}
-    assert count == 5
 
 
 class _RecordingLlama(LlamaCppChatModel):

@@ -328,6 +328,20 @@ def test_redact_turns_shares_one_placeholder_table(redactor: Redactor) -> None:
     assert [restore(t, result.mapping) for t in result.texts] == turns
 
 
+def test_a_value_found_once_is_redacted_wherever_it_recurs(redactor: Redactor) -> None:
+    text = "Mein Name ist Jonas Weber. Jonas Weber, Kunde. Grüße an Frau Weber."
+    expected = "Mein Name ist [PERSON_1]. [PERSON_1], Kunde. Grüße an Frau [PERSON_2]."
+    assert redactor.redact(text, language="de").text == expected
+    turns = ["Hallo, mein Name ist Jonas Weber.", "Danke, Jonas! Welche Bestellung?", "Bestellung 4711-2023"]
+    result = redactor.redact_turns(turns, language="de")
+    assert result.texts == [
+        "Hallo, mein Name ist [PERSON_1].",
+        "Danke, [PERSON_2]! Welche Bestellung?",
+        "Bestellung [ORDER_ID_1]",
+    ]
+    assert result.mapping == {"[PERSON_1]": "Jonas Weber", "[PERSON_2]": "Jonas", "[ORDER_ID_1]": "4711-2023"}
+
+
 def test_redact_turns_detects_one_language(redactor: Redactor) -> None:
     turns = ["Hallo, die Bestellung ist nicht da.", "Welche Bestellung?", "Viele Grüße\nKarl Brandt"]
     result = redactor.redact_turns(turns)

@@ -171,6 +171,8 @@ def test_killed_replica_every_request_gets_one_outcome_and_the_deployment_recove
     killer.join()
 
     assert all(len(o) == 1 for o in outcomes.values()), outcomes  # exactly one outcome each
+    failed = sorted({o[0] for o in outcomes.values() if o != ["ok"]})
+    print(f"replica killed: {40 - len([o for o in outcomes.values() if o == ['ok']])} of 40 failed: {failed}")
     assert not [o for o in outcomes.values() if o[0].startswith("wrong")]
     assert max(durations) < echo_pool.timeout_s + 3  # none hung past its timeout
     assert any(o == ["ok"] for o in outcomes.values())
