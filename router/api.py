@@ -209,7 +209,7 @@ def coerce_request(value: RouterInput) -> RouteRequest:
         return value
     if isinstance(value, bytes | bytearray):
         try:
-            return RouteRequest(text=bytes(value).decode("utf-8"))
+            value = bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidEncodingError(f"text is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     try:

@@ -44,7 +44,7 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
 
 
 class RouteRequest(BaseModel):
-    text: str = Field(min_length=1, description="The message; at most limits.max_chars characters.")
+    text: str = Field(description="The message; at most limits.max_chars characters, not only whitespace.")
     route: str | None = Field(default=None, description="Force this route (skips the router's choice).")
     conversation_id: str | None = Field(
         default=None, max_length=200, description="Earlier turns of this conversation help route follow-ups."
