@@ -72,7 +72,7 @@ def _package_root() -> Path | None:
     """
     root = Path(__file__).resolve().parents[1]
     site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
-    return None  # TEMP
+    return None if root in site_dirs else root
 
 
 def _replica_runtime_env() -> dict[str, Any] | None:
@@ -126,6 +126,23 @@ def _application(name: str, factory: Callable[[], Agent], hosting: HostingConfig
     return serve.RunTarget(app, name=APP_PREFIX + name, route_prefix=None, logging_config=_QUIET)
 
 
+def _deploy_failure(apps: dict[str, str]) -> AgentError | None:
+    """Why an agent's deployment failed, in one line: the last line of its replica's error (the exception),
+    which Serve's own "Deploying application ... failed" leaves out. None when Serve tells nothing."""
+    try:
+        statuses = serve.status().applications
+    except Exception:  # the cluster itself is the problem: the original error says more
+        return None
+    for name, app in apps.items():
+        status = statuses.get(app)
+        if status is None or status.status != ApplicationStatus.DEPLOY_FAILED:
+            continue
+        messages = [d.message for d in status.deployments.values() if d.message] or [status.message]
+        lines = [line.strip() for message in messages for line in message.splitlines() if line.strip()]
+        return AgentError(name, f"Ray Serve deployment failed: {lines[-1] if lines else 'no reason given'}")
+    return None
+
+
 def _agent_error(name: str, exc: Exception) -> AgentError:
     """A Ray/Serve failure as the AgentError callers handle, naming its underlying cause.
 
@@ -169,8 +186,11 @@ class RayPool:
         try:
             # All at once: replicas load their models in parallel instead of one app after another.
             handles = serve.run_many(targets)
-        except BaseException:
+        except BaseException as exc:
+            failure = _deploy_failure(self._apps) if isinstance(exc, Exception) else None
             self.close()
+            if failure is not None:  # e.g. the replica's ImportError, not Serve's "failed to update"
+                raise failure from exc
             raise
         self._handles: dict[str, DeploymentHandle] = dict(zip(factories, handles, strict=True))
 
