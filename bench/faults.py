@@ -4,8 +4,9 @@
     .venv/bin/python bench/faults.py --seconds 10 --out -
 
 One real `slm-router serve` (default policy, fallback = the fake OpenAI-compatible server of
-tests/fake_llm.py on 127.0.0.1). In each phase, `--specialist-clients` closed-loop clients send support
-messages the specialists answer while `--escalation-clients` send messages that go to the fallback:
+tests/fake_llm.py on 127.0.0.1). In each phase, support messages the specialists answer arrive at
+`--specialist-rps` and messages that go to the fallback at `--escalation-rps` (open loop: the same offered
+load in every phase):
 
 - healthy: the fake answers in 300 ms (the baseline, measured in the same run);
 - slow: the fake takes 20 s (past fallback.timeout_s, so every escalation times out);
@@ -43,27 +44,34 @@ SPECIALIST = [
 ESCALATION = "What is the best way to grow tomatoes on a balcony?"
 
 
-async def phase(url: str, seconds: float, specialists: int, escalations: int) -> dict[str, Any]:
+async def phase(url: str, seconds: float, specialist_rps: float, escalation_rps: float) -> dict[str, Any]:
+    """Open loop at fixed rates, so every phase offers the same load: a closed loop would send more
+    escalations exactly when they are refused faster, and measure that instead of the fault."""
     spec_ms: list[float] = []
     esc_ms: list[float] = []
     esc_status: Counter[str] = Counter()
     spec_status: Counter[str] = Counter()
-    stop = time.monotonic() + seconds
 
-    async def client(texts: list[str], sink: list[float], status: Counter[str]) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-            n = 0
-            while time.monotonic() < stop:
-                start = time.perf_counter()
-                response = await http.post("/v1/route", json={"text": texts[n % len(texts)]})
-                sink.append(time.perf_counter() - start)
-                status[str(response.status_code)] += 1
-                n += 1
+    async def one(http: httpx.AsyncClient, text: str, sink: list[float], status: Counter[str]) -> None:
+        start = time.perf_counter()
+        response = await http.post("/v1/route", json={"text": text})
+        sink.append(time.perf_counter() - start)
+        status[str(response.status_code)] += 1
 
-    await asyncio.gather(
-        *(client(SPECIALIST, spec_ms, spec_status) for _ in range(specialists)),
-        *(client([ESCALATION], esc_ms, esc_status) for _ in range(escalations)),
-    )
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=500)) as http:
+        tasks = []
+        start = time.perf_counter()
+        sent_spec = sent_esc = 0
+        while (now := time.perf_counter() - start) < seconds:
+            while sent_spec < int(now * specialist_rps) + 1:
+                text = SPECIALIST[sent_spec % len(SPECIALIST)]
+                tasks.append(asyncio.create_task(one(http, text, spec_ms, spec_status)))
+                sent_spec += 1
+            while sent_esc < int(now * escalation_rps) + 1:
+                tasks.append(asyncio.create_task(one(http, ESCALATION, esc_ms, esc_status)))
+                sent_esc += 1
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
     return {
         "specialist_requests": len(spec_ms),
         "specialist_status": dict(spec_status),
@@ -91,7 +99,7 @@ def sequential(url: str, count: int) -> dict[str, Any]:
     }
 
 
-def run(seconds: float, specialists: int, escalations: int) -> dict[str, Any]:
+def run(seconds: float, specialists: float, escalations: float) -> dict[str, Any]:
     fake = FakeLLM()
     fake.start()
     port = _port()
@@ -103,7 +111,7 @@ def run(seconds: float, specialists: int, escalations: int) -> dict[str, Any]:
         try:
             wait_ready(url, proc)
             fake.set_mode("slow", delay_s=0.3)
-            asyncio.run(phase(url, 3, specialists, 1))  # warm-up
+            asyncio.run(phase(url, 3, specialists, 1.0))  # warm-up
             phases["healthy"] = asyncio.run(phase(url, seconds, specialists, escalations))
             fake.set_mode("slow", delay_s=20.0)
             phases["slow_20s"] = asyncio.run(phase(url, seconds, specialists, escalations))
@@ -119,8 +127,8 @@ def run(seconds: float, specialists: int, escalations: int) -> dict[str, Any]:
         phases[name]["specialist_p99_vs_healthy"] = round(phases[name]["specialist_p99_ms"] / base, 2)
     return {
         "seconds_per_phase": seconds,
-        "specialist_clients": specialists,
-        "escalation_clients": escalations,
+        "specialist_rps": specialists,
+        "escalation_rps": escalations,
         "phases": phases,
         "breaker_after_dead_phase": breaker,
     }
@@ -131,11 +139,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=40.0, help="Length of each phase.")
-    parser.add_argument("--specialist-clients", type=int, default=4)
-    parser.add_argument("--escalation-clients", type=int, default=6)
+    parser.add_argument("--specialist-rps", type=float, default=12.0, help="Specialist messages per second.")
+    parser.add_argument("--escalation-rps", type=float, default=3.0, help="Escalating messages per second.")
     parser.add_argument("--out", default=None, help="JSON file; '-' prints only.")
     args = parser.parse_args()
-    report = run(args.seconds, args.specialist_clients, args.escalation_clients)
+    report = run(args.seconds, args.specialist_rps, args.escalation_rps)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out != "-":

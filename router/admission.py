@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from router.errors import OverloadedError
@@ -31,6 +31,7 @@ class Admission:
         self.waiting = 0
         self._changed = asyncio.Condition()
         self._mean_s = 0.5  # running mean of service time, for an honest Retry-After
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def retry_after_s(self) -> int:
         """Seconds until a slot is likely free: the queue ahead, served `max_in_flight` at a time."""
@@ -38,17 +39,36 @@ class Admission:
         return max(1, math.ceil(rounds * self._mean_s))
 
     @asynccontextmanager
-    async def slot(self, units: int = 1) -> AsyncIterator[None]:
+    async def slot(self, units: int = 1) -> AsyncIterator[Callable[[], None]]:
+        """Hold `units` until the block ends; it yields `release`, to give them back early (idempotent)."""
         units = min(max(units, 1), self.max_in_flight)
         await self._acquire(units)
         start = time.monotonic()
-        try:
-            yield
-        finally:
-            self._mean_s = 0.9 * self._mean_s + 0.1 * (time.monotonic() - start)
-            async with self._changed:
+        loop = asyncio.get_running_loop()
+        held = True
+
+        def free() -> None:
+            nonlocal held
+            if held:
+                held = False
                 self.in_flight -= units
-                self._changed.notify_all()
+                self._mean_s = 0.9 * self._mean_s + 0.1 * (time.monotonic() - start)
+                task = loop.create_task(self._notify())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        def release() -> None:
+            """Callable from any thread (graph nodes run on worker threads)."""
+            loop.call_soon_threadsafe(free)
+
+        try:
+            yield release
+        finally:
+            free()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _acquire(self, units: int) -> None:
         async with self._changed:

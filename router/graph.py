@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, cast
 
 import numpy as np
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
@@ -140,11 +140,11 @@ def _timed(name: str, fn: Callable[[RouterState], dict[str, Any]]) -> Callable[[
 
 
 def _atimed(
-    name: str, fn: Callable[[RouterState], Awaitable[dict[str, Any]]]
-) -> Callable[[RouterState], Awaitable[dict[str, Any]]]:
-    async def node(state: RouterState) -> dict[str, Any]:
+    name: str, fn: Callable[[RouterState, RunnableConfig], Awaitable[dict[str, Any]]]
+) -> Callable[[RouterState, RunnableConfig], Awaitable[dict[str, Any]]]:
+    async def node(state: RouterState, config: RunnableConfig) -> dict[str, Any]:
         start = time.perf_counter()
-        return _traced(name, start, await fn(state))
+        return _traced(name, start, await fn(state, config))
 
     return node
 
@@ -329,11 +329,18 @@ class Controller:
             return self._fallback_failed(state, exc)
         return {"answer": answer, "_info": {"model": self.c.fallback.label}}
 
-    async def afallback(self, state: RouterState) -> dict[str, Any]:
+    async def afallback(self, state: RouterState, config: RunnableConfig) -> dict[str, Any]:
         """The fallback node on the async path: the call waits on the fallback's own bounded pool (its
         bulkhead), never on the shared executor the specialists run on, so a slow or hung fallback
-        cannot delay specialist traffic."""
+        cannot delay specialist traffic.
+
+        `configurable.release_admission`, when the caller passes it (the HTTP service does), is called
+        first: from here on the request is bounded by the fallback's bulkhead, so it stops holding one of
+        the service's admission slots, which are for work on this machine's CPUs."""
         assert self.c.fallback is not None
+        release = (config.get("configurable") or {}).get("release_admission")
+        if callable(release):
+            release()
         why_not = self._over_budget_reason()
         if why_not is not None:
             return await asyncio.to_thread(self._answer_locally, state, "budget_exceeded", why_not)

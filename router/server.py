@@ -11,7 +11,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -322,11 +322,14 @@ def create_app(
     async def _any(_: Request, exc: Exception) -> JSONResponse:
         return failed_with(exc)
 
-    async def route_one(request: RouteRequest, endpoint: str, tenant: str) -> RouteResult:
-        """One message through the router, within the request deadline; the caller holds its admission."""
+    async def route_one(
+        request: RouteRequest, endpoint: str, tenant: str, release: Callable[[], None] | None = None
+    ) -> RouteResult:
+        """One message through the router, within the request deadline; the caller holds its admission
+        slot, and `release` lets the graph give it back early (see `Controller.afallback`)."""
         metrics.in_flight.inc()
         start = time.perf_counter()
-        config: RunnableConfig = {"configurable": {"tenant": tenant}}
+        config: RunnableConfig = {"configurable": {"tenant": tenant, "release_admission": release}}
         try:
             result = await asyncio.wait_for(router.ainvoke(request, config), deadline_s)
         except asyncio.TimeoutError:
@@ -344,8 +347,8 @@ def create_app(
     @app.post("/v1/route", response_model=RouteResult, **protected)
     async def route(request: RouteRequest, tenant: Tenant) -> RouteResult:
         """Route one message; the result says who answered, how sure each step was and why."""
-        async with admission.slot():
-            return await route_one(request, "route", tenant)
+        async with admission.slot() as release:
+            return await route_one(request, "route", tenant, release)
 
     @app.post(
         "/v1/route/stream",
@@ -358,9 +361,9 @@ def create_app(
         (a `RouteResult`). An error before the first event is a plain JSON error with its status; after
         it, the last event is `error` with the same body."""
         slot = admission.slot()
-        await slot.__aenter__()  # held until the stream ends (or fails)
+        release = await slot.__aenter__()  # held until the stream ends (or fails)
         metrics.in_flight.inc()
-        config: RunnableConfig = {"configurable": {"tenant": tenant}}
+        config: RunnableConfig = {"configurable": {"tenant": tenant, "release_admission": release}}
         progress = router.astream_progress(request, config).__aiter__()
 
         async def finish() -> None:
@@ -444,8 +447,8 @@ def create_app(
             request = RouteRequest(text=user[-1].text())
         except ValidationError as exc:
             return failed(422, "invalid_request", _item_problem(exc))
-        async with admission.slot():
-            result = await route_one(request, "chat", tenant)
+        async with admission.slot() as release:
+            result = await route_one(request, "chat", tenant, release)
         info = RoutingInfo(**result.model_dump(include=set(RoutingInfo.model_fields)))
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",

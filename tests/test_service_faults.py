@@ -264,6 +264,36 @@ def test_overload_is_refused_at_once_with_retry_after(
     assert 'slm_router_shed_total{reason="queue_full"}' in shed
 
 
+def test_escalations_waiting_on_the_fallback_leave_admission_to_specialist_traffic(
+    default_policy: Policy, router: Router, fake_llm: FakeLLM
+) -> None:
+    """Admission bounds work on this machine; a request waiting on the fallback is bounded by the
+    fallback's bulkhead instead, so hung escalations cannot fill the admission slots."""
+    fake_llm.set_mode("hung")
+    policy = policy_with(
+        default_policy,
+        fallback=_fallback(fake_llm, timeout_s=8.0),
+        **{"server.max_in_flight": 2, "server.max_queue": 0},
+    )
+    service_router = Router(policy, embedder=router.embedder)
+
+    async def main(url: str) -> tuple[list[int], list[int]]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            escalate = {"text": ESCALATES}
+            stuck = [asyncio.create_task(client.post("/v1/route", json=escalate)) for _ in range(4)]
+            while not fake_llm.requests:  # the escalations reached the fallback
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            fast = [(await client.post("/v1/route", json={"text": SPECIALIST})).status_code for _ in range(3)]
+            fake_llm.release()
+            return fast, [r.status_code for r in await asyncio.gather(*stuck)]
+
+    with serving(create_app(service_router, policy.server, None, warmup=False)) as url:
+        fast, stuck = asyncio.run(main(url))
+    assert fast == [200, 200, 200]
+    assert all(status in (200, 429) for status in stuck)
+
+
 def test_an_abandoned_request_is_cancelled(url: str, fake_llm: FakeLLM) -> None:
     fake_llm.set_mode("hung")
     before = _metric(url, "slm_router_cancelled_total")
