@@ -40,7 +40,7 @@ test: install-dev
 
 # Ray integration tests: one real local Ray cluster shared by the session (about a minute on 2 cores).
 test-ray: install-dev
-	$(PY) -m pytest -m ray
+	$(PY) -m pytest -m "ray and not slow"
 
 # Long load and fault tests: 2x capacity for 60 s (local) and 30 s (Ray), more generated inputs (~5 min).
 test-load: install-dev

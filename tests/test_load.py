@@ -1,7 +1,7 @@
 """Load at twice the measured capacity on a real `slm-router serve`: every request gets exactly one answer.
 
-The default run is short (8 s of overload); `make test-load` runs the acceptance lengths (60 s local,
-30 s on Ray). The driver is bench/load.py, which also writes the figures reported in the README.
+The default run is short (8 s of overload; `make test-ray` the same on Ray); `make test-load` runs the
+acceptance lengths (60 s local, 30 s on Ray). The driver is bench/load.py, which also writes the figures reported in the README.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ def _check(report: dict[str, Any]) -> None:
 
 def test_twice_capacity_briefly_loses_nothing() -> None:
     _check(_driver().run("local", seconds=8, capacity_s=4, factor=2.0, fallback_ms=300, timeout=30))
+
+
+@pytest.mark.ray
+def test_twice_capacity_briefly_on_ray_loses_nothing() -> None:
+    _check(_driver().run("ray", seconds=8, capacity_s=4, factor=2.0, fallback_ms=300, timeout=30))
 
 
 @pytest.mark.slow
