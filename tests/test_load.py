@@ -1,7 +1,8 @@
 """Load at twice the measured capacity on a real `slm-router serve`: every request gets exactly one answer.
 
 The default run is short (8 s of overload; `make test-ray` the same on Ray); `make test-load` runs the
-acceptance lengths (60 s local, 30 s on Ray). The driver is bench/load.py, which also writes the figures reported in the README.
+acceptance lengths (60 s local, 30 s on Ray). The driver is bench/load.py, which also writes the figures
+reported in the README.
 """
 
 from __future__ import annotations
