@@ -208,3 +208,26 @@ def test_concurrent_records_are_all_kept(router: Router, tmp_path: Path) -> None
     assert log.stats().total == 200
     log.close()
     assert sqlite3.connect(tmp_path / "threads.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_multi_intent_reasons_keep_no_text_in_the_log(
+    router: Router, default_policy: Policy, tmp_path: Path
+) -> None:
+    """The reason of a multi-intent request names clauses by number: without privacy.log_text no clause
+    (here one holding an e-mail address) reaches the log through it."""
+    db = tmp_path / "multi.db"
+    r = _router(router, default_policy, db)
+    text = "Please translate this into Portuguese and also write to ana.silva@example.com: my order is late"
+    result = r.invoke(text)
+    assert result.reason.startswith("multi-intent:"), result.reason
+    row = _log(r).tail(1)[0]
+    assert "clause 1" in row["reason"] and "ana.silva" not in row["reason"]
+    assert b"ana.silva" not in _db_bytes(db) and b"Portuguese" not in _db_bytes(db)
+
+
+def test_quoted_parts_of_a_reason_are_blanked_without_log_text() -> None:
+    from router.decisions import scrub_quotes
+
+    assert scrub_quotes("specialist failed: cannot parse 'jane@example.com' near \"Jane\"") == (
+        "specialist failed: cannot parse '…' near '…'"
+    )
