@@ -30,7 +30,7 @@ from router.decisions import open_log
 from router.embedder import Embedder
 from router.errors import InvalidEncodingError, InvalidInputError, ModelLoadError
 from router.graph import Components, RouterState, build_graph, fresh_state, normalise
-from router.result import RouteRequest, RouteResult
+from router.result import RouteRequest, RouteResult, validation_problems
 from router.routes import CalibrationReport, Neighbour, RouteIndex, RouteScores
 from router.shadow import Shadow, ShadowRecord
 
@@ -218,10 +218,7 @@ def coerce_request(value: RouterInput) -> RouteRequest:
         if isinstance(value, dict):
             return RouteRequest.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidInputError(f"invalid request: {problems}") from None
+        raise InvalidInputError(f"invalid request: {'; '.join(validation_problems(exc))}") from None
     raise InvalidInputError(f"expected text, bytes, dict or RouteRequest, got {type(value).__name__}")
 
 

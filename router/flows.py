@@ -27,6 +27,11 @@ from policies.schema import FlowConfig, FlowStep
 from router.decision import Escalation, check_specialist
 
 
+def seconds_left(deadline: float) -> float:
+    """Seconds before a request's deadline (a `time.monotonic()` value): node timeouts are cut to it."""
+    return max(deadline - time.monotonic(), 0.0)
+
+
 class StepTask(BaseModel):
     """What one `Send` carries to a flow step."""
 
@@ -73,7 +78,7 @@ def run_step(
         result = pool.run(
             step.agent,
             [AgentInput(text=task.text, language=task.language, params=step.params)],
-            timeout_s=max(task.deadline - time.monotonic(), 0.0),
+            timeout_s=seconds_left(task.deadline),
         )[0]
         escalation = check_specialist(
             result.confidence,

@@ -69,9 +69,7 @@ class Gate:
         headers = dict(scope.get("headers") or [])
         tenant = self._tenant(headers)
         if tenant is None and scope["path"] not in self.open_paths:
-            await self._refuse(
-                send, 401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)"
-            )
+            await self._refuse(send, 401, "unauthorized", UNAUTHORIZED)
             return
         scope.setdefault("state", {})["tenant"] = tenant or "default"
         body = await self._read_body(headers, receive, send)

@@ -9,6 +9,7 @@ updated turns go out with the result (router/conversations.py keeps them between
 from __future__ import annotations
 
 import asyncio
+import operator
 import re
 import time
 import unicodedata
@@ -33,18 +34,13 @@ from router.costs import answer_cost
 from router.decision import Decision, Escalation, ReasonCode, check_specialist, decide
 from router.embedder import Embedder
 from router.errors import EmptyInputError, FallbackError, InputTooLargeError, OverloadedError
-from router.flows import StepResult, StepTask, merge, next_text, run_step
+from router.flows import StepResult, StepTask, merge, next_text, run_step, seconds_left
 from router.intents import MultiIntent, as_flow, detect, split_request
 from router.result import RouteRequest, RouteResult, TraceStep
 from router.routes import RouteIndex, RouteScores
 
 _CONTROL = {"Cc", "Cf"}
 _KEEP = {"\n", "\t"}
-
-
-def _append_or_reset(old: list[Any] | None, new: list[Any] | None) -> list[Any]:
-    """Nodes append; a new request sends None to start afresh (conversation state outlives a request)."""
-    return [] if new is None else [*(old or []), *new]
 
 
 FOLLOW_UP = re.compile(
@@ -67,14 +63,14 @@ class RouterState(TypedDict, total=False):
     degraded: bool
     budget_exceeded: bool
     result: RouteResult
-    trace: Annotated[list[TraceStep], _append_or_reset]
+    trace: Annotated[list[TraceStep], operator.add]
     history: list[Turn]
     multi: MultiIntent | None
     flow: FlowConfig
     flow_name: str
     flow_stage: int
     flow_text: str
-    flow_steps: Annotated[list[StepResult], _append_or_reset]
+    flow_steps: Annotated[list[StepResult], operator.add]
 
 
 @dataclass
@@ -101,29 +97,14 @@ def normalise(text: str, max_chars: int) -> str:
 
 
 def fresh_state(request: RouteRequest, deadline: float, history: list[Turn] | None = None) -> dict[str, Any]:
-    """The input of one request: its deadline (`time.monotonic()`) and the conversation's earlier turns."""
-    return {
-        "request": request,
-        "deadline": deadline,
-        "history": history or [],
-        "trace": None,
-        "flow_steps": None,
-        "specialist": None,
-        "escalation": None,
-        "answer": None,
-        "degraded": False,
-        "budget_exceeded": False,
-        "multi": None,
-        "flow": None,
-        "flow_name": "",
-        "flow_stage": 0,
-        "flow_text": "",
-    }
+    """The input of one request: its deadline (`time.monotonic()`) and the conversation's earlier turns.
+
+    The graph keeps nothing between requests, so every other key starts unset."""
+    return {"request": request, "deadline": deadline, "history": history or []}
 
 
 def _remaining(state: RouterState) -> float:
-    """Seconds left before the request's deadline: every node's own timeout is cut to it."""
-    return max(state["deadline"] - time.monotonic(), 0.0)
+    return seconds_left(state["deadline"])
 
 
 def _traced(name: str, start: float, update: dict[str, Any]) -> dict[str, Any]:

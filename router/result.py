@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from agents.base import AgentDetails
 from router.decision import ReasonCode
@@ -41,6 +41,11 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_value(item, f"{where}[{i}]", depth + 1)
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Each problem as "field.path: what is wrong", for errors that name the bad field."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()]
 
 
 class RouteRequest(BaseModel):

@@ -41,7 +41,7 @@ from router.errors import (
 )
 from router.gate import Gate
 from router.metrics import Metrics
-from router.result import RouteRequest, RouteResult
+from router.result import RouteRequest, RouteResult, validation_problems
 
 log = logging.getLogger("slm_router.server")
 MODEL_NAME = "slm-router"
@@ -409,7 +409,7 @@ def create_app(
             try:
                 request = RouteRequest.model_validate(raw)
             except ValidationError as exc:
-                raise InvalidInputError(_item_problem(exc)) from None
+                raise InvalidInputError(validation_problems(exc)[0]) from None
             return await route_one(request, "batch", tenant)
 
         async with admission.slot(len(batch.requests)):
@@ -446,7 +446,7 @@ def create_app(
         try:
             request = RouteRequest(text=user[-1].text())
         except ValidationError as exc:
-            return failed(422, "invalid_request", _item_problem(exc))
+            return failed(422, "invalid_request", validation_problems(exc)[0])
         async with admission.slot() as release:
             result = await route_one(request, "chat", tenant, release)
         info = RoutingInfo(**result.model_dump(include=set(RoutingInfo.model_fields)))
@@ -524,9 +524,3 @@ def create_app(
         on_cancel=metrics.cancelled.inc,
     )
     return app
-
-
-def _item_problem(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "request"
-    return f"{where}: {first.get('msg')}"
