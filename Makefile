@@ -48,8 +48,8 @@ test-load: install-dev
 	SLM_ROUTER_PROPERTY_EXAMPLES=200 $(PY) -m pytest tests/test_properties.py
 
 lint: install-dev
-	$(VENV)/bin/ruff check router agents policies tests examples bench
-	$(VENV)/bin/mypy router agents policies
+	$(VENV)/bin/ruff check slm_router router agents policies tests examples bench
+	$(VENV)/bin/mypy slm_router
 
 # Developer targets: they read the public data sets in $(DATA) (not shipped).
 bench: install-dev

@@ -1,11 +1,11 @@
 """Specialist small models and where they run."""
 
-from agents.base import Agent, AgentError, AgentInput, AgentResult
-from agents.extraction import ExtractionAgent
-from agents.hosting import AgentPool, LocalPool
-from agents.registry import register_agent
-from agents.sentiment import SentimentAgent
-from agents.translation import TranslationAgent
+from slm_router.agents.base import Agent, AgentError, AgentInput, AgentResult
+from slm_router.agents.extraction import ExtractionAgent
+from slm_router.agents.hosting.local import AgentPool, LocalPool
+from slm_router.agents.registry import register_agent
+from slm_router.agents.sentiment import SentimentAgent
+from slm_router.agents.translation import TranslationAgent
 
 __all__ = [
     "Agent",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agents.base import AgentError, AgentInput, AgentResult, Entity, ExtractionOutput
+from slm_router.agents.base import AgentError, AgentInput, AgentResult, Entity, ExtractionOutput
 
 if TYPE_CHECKING:
     from spacy.language import Language

@@ -30,8 +30,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import BaseModel, PrivateAttr
 
-from agents.base import AgentError, AgentResult, FallbackOutput
-from agents.redaction import Redactor
+from slm_router.agents.base import AgentError, AgentResult, FallbackOutput
+from slm_router.agents.redaction import Redactor
 
 log = logging.getLogger(__name__)
 

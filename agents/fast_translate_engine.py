@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agents.isolation import serve
+from slm_router.agents.hosting.isolation import serve
 
 
 def engine(max_workers: int = 4) -> Callable[[dict[str, Any]], list[str]]:

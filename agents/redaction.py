@@ -14,9 +14,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 from pydantic import BaseModel
 
-from agents.base import Entity
-from agents.extraction import NOT_A_NAME, ExtractionAgent, overlaps
-from agents.langid import UNDETERMINED, detect_language
+from slm_router.agents.base import Entity
+from slm_router.agents.extraction import NOT_A_NAME, ExtractionAgent, overlaps
+from slm_router.agents.langid import UNDETERMINED, detect_language
 
 # What identifies or reaches a person. Order and ticket ids (ORDER_ID, TICKET_ID) are PII-able too and the
 # shipped policy redacts them (privacy.entities); a bare Redactor leaves them, so that a caller that names no

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TypeVar
 
-from agents.base import Agent
+from slm_router.agents.base import Agent
 
 ENTRY_POINT_GROUP = "slm_router.agents"
 F = TypeVar("F", bound=Callable[[], Agent])

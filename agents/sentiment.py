@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.base import AgentError, AgentInput, AgentResult, SentimentOutput
+from slm_router.agents.base import AgentError, AgentInput, AgentResult, SentimentOutput
 
 PACKAGED_HEAD = Path(__file__).parent / "weights" / "sentiment_head.npz"
+SUPPORT_SET = Path(__file__).parent / "data" / "support_sentiment.jsonl"
+"""Hand-written support messages with sentiment labels, trained on beside public data."""
 
 Encoder = Callable[[list[str]], np.ndarray]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from agents.base import AgentError, AgentInput, AgentResult, TranslationOutput
-from agents.isolation import WorkerProcess
-from agents.langid import UNDETERMINED, detect_language
+from slm_router.agents.base import AgentError, AgentInput, AgentResult, TranslationOutput
+from slm_router.agents.hosting.isolation import WorkerProcess
+from slm_router.agents.langid import UNDETERMINED, detect_language
 
 LANGUAGE_NAMES: dict[str, str] = {
     "en": "English",
@@ -313,7 +313,7 @@ class FastTranslateBackend:
 
     def __init__(self, timeout_s: float | None = None) -> None:
         self.timeout_s = timeout_s
-        self._worker = WorkerProcess("agents.fast_translate_engine", agent="translate")
+        self._worker = WorkerProcess("slm_router.agents.fast_translate_engine", agent="translate")
 
     def translate_batch(self, texts: list[str], source: str, target: str) -> list[tuple[str, float]]:
         if (source, target) not in self.pairs:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.base import AgentInput
-from router import Router
-from router.calibration import expected_calibration_error
-from router.training import macro_f1, read_labelled, split_of
+from slm_router.agents.base import AgentInput
+from slm_router.router import Router
+from slm_router.router.core.calibration import expected_calibration_error
+from slm_router.router.ops.training import macro_f1, read_labelled, split_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUPPORT = Path(__file__).resolve().parents[1] / "agents" / "data" / "support_sentiment.jsonl"

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from policies import DEFAULT_POLICY, policy_from_dict
-from policies.tuning import OOD, Target, escalated, evaluate
-from router.embedder import Embedder
-from router.evaluation import policy_thresholds, read_rows, score
-from router.learning import Example, compare
-from router.routes import RouteIndex
+from slm_router.policies import DEFAULT_POLICY, policy_from_dict
+from slm_router.router.core.embedder import Embedder
+from slm_router.router.core.index import RouteIndex
+from slm_router.router.ops.evaluation import policy_thresholds, read_rows, score
+from slm_router.router.ops.learning import Example, compare
+from slm_router.router.ops.tuning import OOD, Target, escalated, evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("in_scope_accuracy", "escalation_rate", "routed_accuracy", "oos_recall", "ece")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from policies import DEFAULT_POLICY, policy_from_dict
-from policies.tuning import Target, evaluate, tune
-from router.embedder import Embedder
-from router.evaluation import policy_thresholds, read_rows, report, score, split
-from router.report import plot_confusion, plot_curve, plot_reliability
-from router.routes import RouteIndex
+from slm_router.policies import DEFAULT_POLICY, policy_from_dict
+from slm_router.router.core.embedder import Embedder
+from slm_router.router.core.index import RouteIndex
+from slm_router.router.ops.evaluation import policy_thresholds, read_rows, report, score, split
+from slm_router.router.ops.report import plot_confusion, plot_curve, plot_reliability
+from slm_router.router.ops.tuning import Target, evaluate, tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

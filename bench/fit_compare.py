@@ -38,11 +38,11 @@ from semantic_router.encoders import DenseEncoder
 from semantic_router.index import LocalIndex
 from semantic_router.routers import SemanticRouter
 
-from policies import DEFAULT_POLICY, policy_from_dict
-from policies.tuning import OOD, ScoredSet, Target, evaluate, tune
-from router.embedder import Embedder
-from router.evaluation import policy_thresholds, read_rows, score, split
-from router.routes import RouteIndex, load_utterances
+from slm_router.policies import DEFAULT_POLICY, policy_from_dict
+from slm_router.router.core.embedder import Embedder
+from slm_router.router.core.index import RouteIndex, load_utterances
+from slm_router.router.ops.evaluation import policy_thresholds, read_rows, score, split
+from slm_router.router.ops.tuning import OOD, ScoredSet, Target, evaluate, tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # semantic-router's default for this model: HuggingFaceEncoder sets score_threshold=0.5 when none is given.

@@ -21,7 +21,7 @@ from pathlib import Path
 T0 = time.perf_counter()
 os.environ["SLM_ROUTER_CACHE_DIR"] = tempfile.mkdtemp(prefix="slm-bench-")  # cold route-index cache
 
-from router import Router  # noqa: E402
+from slm_router.router import Router  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 RESULTS = Path(__file__).resolve().parent / "results"

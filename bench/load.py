@@ -62,7 +62,7 @@ def _port() -> int:
 
 def write_policy(folder: Path, fallback_url: str, backend: str, **fallback: Any) -> Path:
     """The packaged default policy, with the fake fallback (plus `fallback` settings) and the backend."""
-    from policies import DEFAULT_POLICY
+    from slm_router.policies import DEFAULT_POLICY
 
     data = yaml.safe_load(Path(DEFAULT_POLICY).read_text())
     base = Path(DEFAULT_POLICY).parent

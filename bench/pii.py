@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.test_pii holds the scoring the tests assert
 
-from agents.extraction import ExtractionAgent  # noqa: E402
-from agents.redaction import Redactor  # noqa: E402
-from policies.schema import ALL_PII  # noqa: E402
+from slm_router.agents.extraction import ExtractionAgent  # noqa: E402
+from slm_router.agents.redaction import Redactor  # noqa: E402
+from slm_router.policies.schema import ALL_PII  # noqa: E402
 from tests.test_pii import Row, Score, load_rows, score  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

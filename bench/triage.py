@@ -17,8 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
-from agents.base import AgentInput
-from router import Router
+from slm_router.agents.base import AgentInput
+from slm_router.router import Router
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TICKETS = [

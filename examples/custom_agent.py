@@ -5,9 +5,9 @@ python examples/custom_agent.py
 
 import re
 
-from agents import AgentInput, AgentResult, register_agent
-from agents.base import GenericOutput
-from router import Router
+from slm_router.agents import AgentInput, AgentResult, register_agent
+from slm_router.agents.base import GenericOutput
+from slm_router.router import Router
 
 
 @register_agent(

@@ -7,9 +7,9 @@ python examples/escalation_budget.py
 import tempfile
 from pathlib import Path
 
-from policies import load_policy
-from router import Router
-from router.decisions import DecisionLog
+from slm_router.policies import load_policy
+from slm_router.router import Router
+from slm_router.router.ops.decision_log import DecisionLog
 
 with tempfile.TemporaryDirectory() as tmp:
     db = Path(tmp) / "decisions.db"

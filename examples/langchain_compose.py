@@ -5,7 +5,7 @@ python examples/langchain_compose.py
 
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 
-from router import Router, RouteResult
+from slm_router.router import Router, RouteResult
 
 router = Router.from_policy()
 

@@ -3,7 +3,7 @@
 python examples/quickstart.py
 """
 
-from router import Router
+from slm_router.router import Router
 
 router = Router.from_policy()  # packaged default policy; pass a path to use your own
 

@@ -3,7 +3,7 @@
 python examples/support_triage.py
 """
 
-from router import Router
+from slm_router.router import Router
 
 router = Router.from_policy()
 

@@ -1,7 +1,7 @@
 """Escalation policies: the validated configuration of a router."""
 
-from policies.loader import DEFAULT_POLICY, PolicyError, load_policy, policy_from_dict, preset_path
-from policies.schema import FallbackConfig, Policy, PrivacyPolicy, RoutePolicy
+from slm_router.policies.loader import DEFAULT_POLICY, PolicyError, load_policy, policy_from_dict, preset_path
+from slm_router.policies.schema import FallbackConfig, Policy, PrivacyPolicy, RoutePolicy
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies.schema import Policy
+from slm_router.policies.schema import Policy
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEFAULT_POLICY = PRESETS_DIR / "default.yaml"

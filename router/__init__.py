@@ -1,7 +1,6 @@
 """slm-router: route each request to the cheapest model that can answer it well."""
 
-from router.api import Explanation, Router
-from router.errors import (
+from slm_router.router.errors import (
     EmptyInputError,
     FallbackError,
     InputTooLargeError,
@@ -11,7 +10,8 @@ from router.errors import (
     SlmRouterError,
     UnknownRouteError,
 )
-from router.result import RouteRequest, RouteResult, TraceStep
+from slm_router.router.result import RouteRequest, RouteResult, TraceStep
+from slm_router.router.runnable import Explanation, Router
 
 __all__ = [
     "EmptyInputError",

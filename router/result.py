@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from agents.base import AgentDetails
-from router.decision import ReasonCode
+from slm_router.agents.base import AgentDetails
+from slm_router.router.core.rules import ReasonCode
 
 _INT64 = 2**63
 MAX_DEPTH = 8

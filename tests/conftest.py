@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from policies import DEFAULT_POLICY, Policy, load_policy
-from router.api import Router
+from slm_router.policies import DEFAULT_POLICY, Policy, load_policy
+from slm_router.router.runnable import Router
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[str]:
     """A real llama.cpp OpenAI-compatible server on 127.0.0.1 serving the packaged GGUF."""
-    from agents.fallback import packaged_gguf_path
+    from slm_router.agents.fallback import packaged_gguf_path
 
     port = free_port()
     proc = subprocess.Popen(

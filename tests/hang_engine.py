@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from agents.isolation import serve
+from slm_router.agents.hosting.isolation import serve
 
 
 def handle(request: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from router.cli import app
-from router.result import RouteResult
+from slm_router.router.cli import app
+from slm_router.router.result import RouteResult
 
 BIN = Path(sys.executable).with_name("slm-router")
 

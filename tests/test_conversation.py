@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from langchain_core.runnables import RunnableConfig
 
-from policies import Policy
-from router.api import Router
-from router.conversations import DEFAULT_TENANT, MemoryStore, SqliteStore, Turn
+from slm_router.policies import Policy
+from slm_router.router.core.conversations import DEFAULT_TENANT, MemoryStore, SqliteStore, Turn
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 from tests.test_fallback import _Capture
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.base import AgentInput, AgentResult, GenericOutput
-from agents.registry import register_agent, registered_agents, unregister_agent
-from policies import Policy
-from router.api import Router
+from slm_router.agents.base import AgentInput, AgentResult, GenericOutput
+from slm_router.agents.registry import register_agent, registered_agents, unregister_agent
+from slm_router.policies import Policy
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 REFUND_UTTERANCES = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from policies import Policy
-from router.decision import check_specialist, decide
-from router.errors import UnknownRouteError
-from router.routes import RouteScores
+from slm_router.policies import Policy
+from slm_router.router.core.index import RouteScores
+from slm_router.router.core.rules import check_specialist, decide
+from slm_router.router.errors import UnknownRouteError
 from tests.conftest import policy_with
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from policies import Policy
-from router import cli
-from router.api import Router
-from router.cli import app
-from router.decisions import DecisionLog, DecisionLogError, default_log_path, open_log
+from slm_router.policies import Policy
+from slm_router.router import cli
+from slm_router.router.cli import app
+from slm_router.router.ops.decision_log import DecisionLog, DecisionLogError, default_log_path, open_log
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 COMPLAINT = "I am really angry, my package arrived broken and nobody answers my emails!"
@@ -191,10 +191,10 @@ def test_unwritable_log_does_not_fail_routing(
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     r = _router(router, default_policy, blocker / "d.db")
-    with caplog.at_level(logging.WARNING, logger="router.decisions"):
+    with caplog.at_level(logging.WARNING, logger="slm_router.router.ops.decision_log"):
         assert r.invoke(COMPLAINT).route == "sentiment"
         assert r.invoke(ORDER).route == "extract"
-    warnings = [rec for rec in caplog.records if rec.name == "router.decisions"]
+    warnings = [rec for rec in caplog.records if rec.name == "slm_router.router.ops.decision_log"]
     assert len(warnings) == 1 and "a-file" in warnings[0].getMessage()  # once, not per request
 
 
@@ -226,7 +226,7 @@ def test_multi_intent_reasons_keep_no_text_in_the_log(
 
 
 def test_quoted_parts_of_a_reason_are_blanked_without_log_text() -> None:
-    from router.decisions import scrub_quotes
+    from slm_router.router.ops.decision_log import scrub_quotes
 
     assert scrub_quotes("specialist failed: cannot parse 'jane@example.com' near \"Jane\"") == (
         "specialist failed: cannot parse '…' near '…'"

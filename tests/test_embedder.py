@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from router.api import Router
-from router.embedder import Embedder
-from router.errors import ModelLoadError
+from slm_router.router.core.embedder import Embedder
+from slm_router.router.errors import ModelLoadError
+from slm_router.router.runnable import Router
 
 TEXTS = [f"Order {i} was charged twice, please refund me" for i in range(12)]
 

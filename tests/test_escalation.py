@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.base import AgentResult, Entity, ExtractionOutput, FallbackOutput, SentimentOutput
-from policies import Policy, PolicyError, policy_from_dict
-from policies.schema import BudgetConfig, PricingConfig
-from router.api import Router
-from router.budget import EscalationBudget
-from router.cli import app
-from router.costs import answer_cost
-from router.decisions import DecisionLog
-from router.shadow import agreement
+from slm_router.agents.base import AgentResult, Entity, ExtractionOutput, FallbackOutput, SentimentOutput
+from slm_router.policies import Policy, PolicyError, policy_from_dict
+from slm_router.policies.schema import BudgetConfig, PricingConfig
+from slm_router.router.cli import app
+from slm_router.router.core.budget import EscalationBudget
+from slm_router.router.core.costs import answer_cost
+from slm_router.router.ops.decision_log import DecisionLog
+from slm_router.router.ops.shadow import agreement
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 AMBIGUOUS = "I have a problem with my last purchase"  # low confidence, top route `other` (the fallback's)

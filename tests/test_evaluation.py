@@ -10,11 +10,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from policies import DEFAULT_POLICY, load_policy, policy_from_dict
-from policies.tuning import Target, evaluate, tune
-from router.api import Router
-from router.evaluation import read_rows, report, score, split, tuned_policy
-from router.report import plot_curve
+from slm_router.policies import DEFAULT_POLICY, load_policy, policy_from_dict
+from slm_router.router.ops.evaluation import read_rows, report, score, split, tuned_policy
+from slm_router.router.ops.report import plot_curve
+from slm_router.router.ops.tuning import Target, evaluate, tune
+from slm_router.router.runnable import Router
 
 ROWS = [
     ("Translate to Portuguese: the parcel is on its way", "translate"),
@@ -68,7 +68,7 @@ def test_bad_rows_are_named(tmp_path: Path, router: Router) -> None:
 def test_cli_eval_and_tune(data_file: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from router.cli import app
+    from slm_router.router.cli import app
 
     runner = CliRunner()
     report_dir = tmp_path / "report"
@@ -110,7 +110,7 @@ def test_cli_eval_and_tune(data_file: Path, tmp_path: Path) -> None:
 def test_cli_tune_says_when_a_target_cannot_be_met(data_file: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from router.cli import app
+    from slm_router.router.cli import app
 
     out = tmp_path / "never.yaml"
     result = CliRunner().invoke(app, ["tune", str(data_file), "--out", str(out), "--max-escalation", "0"])
@@ -122,8 +122,8 @@ def test_cli_tune_says_when_a_target_cannot_be_met(data_file: Path, tmp_path: Pa
 def test_cli_tune_to_a_cost_budget_from_the_policy_prices(data_file: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from router.cli import app
-    from router.costs import fallback_request_cost
+    from slm_router.router.cli import app
+    from slm_router.router.core.costs import fallback_request_cost
 
     texts, _ = read_rows(data_file)
     all_fallback_per_1k = fallback_request_cost(load_policy(), texts) * 1000

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from agents.base import AgentError, AgentInput, AgentResult, Entity, ExtractionOutput
-from agents.extraction import ExtractionAgent, luhn_valid
+from slm_router.agents.base import AgentError, AgentInput, AgentResult, Entity, ExtractionOutput
+from slm_router.agents.extraction import ExtractionAgent, luhn_valid
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 
-from policies import Policy
-from router.api import Router
+from slm_router.policies import Policy
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 

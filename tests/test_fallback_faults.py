@@ -16,7 +16,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
-from agents.fallback import (
+from slm_router.agents.fallback import (
     FallbackAgent,
     FallbackSettings,
     FallbackUnavailable,
@@ -24,7 +24,7 @@ from agents.fallback import (
     build_chat_model,
     strip_control_tokens,
 )
-from policies import FallbackConfig
+from slm_router.policies import FallbackConfig
 from tests.fake_llm import FakeLLM
 
 # Short, so the tests are too; each test sets what it is about.

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.base import AgentInput, AgentResult
-from agents.registry import register_agent, unregister_agent
-from policies import Policy, PolicyError, policy_from_dict
-from router.api import Router
+from slm_router.agents.base import AgentInput, AgentResult
+from slm_router.agents.registry import register_agent, unregister_agent
+from slm_router.policies import Policy, PolicyError, policy_from_dict
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 PT_COMPLAINT = (

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult, GenericOutput
-from agents.hosting import LocalPool
+from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult, GenericOutput
+from slm_router.agents.hosting.local import LocalPool
 
 
 class _Echo:

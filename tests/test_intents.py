@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from policies import Policy
-from router.api import Router
-from router.intents import split_request
+from slm_router.policies import Policy
+from slm_router.router.core.intents import split_request
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 TWO_THINGS = (

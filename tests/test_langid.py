@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.langid import UNDETERMINED, detect_language
+from slm_router.agents.langid import UNDETERMINED, detect_language
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.base import AgentResult
-from policies import DEFAULT_POLICY, Policy, load_policy
-from router.api import Router
-from router.cli import app
-from router.learning import Example, compare, learnable_rows, sentiment_rows, teach, with_examples
-from router.routes import load_utterances
+from slm_router.agents.base import AgentResult
+from slm_router.policies import DEFAULT_POLICY, Policy, load_policy
+from slm_router.router.cli import app
+from slm_router.router.core.index import load_utterances
+from slm_router.router.ops.learning import (
+    Example,
+    compare,
+    learnable_rows,
+    sentiment_rows,
+    teach,
+    with_examples,
+)
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 LABELS = [

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.extraction import ExtractionAgent, find_ibans, find_phones
-from agents.redaction import Redaction, Redactor, restore
-from policies.schema import ALL_PII
+from slm_router.agents.extraction import ExtractionAgent, find_ibans, find_phones
+from slm_router.agents.redaction import Redaction, Redactor, restore
+from slm_router.policies.schema import ALL_PII
 
 DATA = Path(__file__).resolve().parent / "data" / "pii_messages.jsonl"
 TYPES = ("EMAIL", "PHONE", "CARD_NUMBER", "IBAN", "ADDRESS", "ORDER_ID", "PERSON")

@@ -11,8 +11,8 @@ import json
 import re
 from collections import Counter
 
-from policies import Policy
-from router.api import Router
+from slm_router.policies import Policy
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 from tests.fake_llm import FakeLLM
 from tests.test_pii import load_rows

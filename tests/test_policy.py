@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from policies import DEFAULT_POLICY, PolicyError, load_policy, policy_from_dict
-from router.cli import app
-from router.routes import load_utterances
+from slm_router.policies import DEFAULT_POLICY, PolicyError, load_policy, policy_from_dict
+from slm_router.router.cli import app
+from slm_router.router.core.index import load_utterances
 
 
 def _default_dict() -> dict:
@@ -59,7 +59,7 @@ def test_typo_is_an_unknown_field() -> None:
 
 
 def test_unknown_agent_and_unknown_route_reference() -> None:
-    from router.api import check_agents
+    from slm_router.router.runnable import check_agents
 
     data = _default_dict()
     data["routes"]["extract"]["agent"] = "refunds"

@@ -16,11 +16,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from policies import Policy
-from router.api import Router
-from router.errors import SlmRouterError
-from router.result import RouteResult
-from router.server import create_app
+from slm_router.policies import Policy
+from slm_router.router.errors import SlmRouterError
+from slm_router.router.result import RouteResult
+from slm_router.router.runnable import Router
+from slm_router.router.service.app import create_app
 from tests.conftest import policy_with, serving
 from tests.fake_llm import FakeLLM
 

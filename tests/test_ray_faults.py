@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 import pytest
 from typer.testing import CliRunner
 
-from agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult
-from policies.schema import DeploymentConfig, HostingConfig
+from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult
+from slm_router.policies.schema import DeploymentConfig, HostingConfig
 
 if TYPE_CHECKING:
-    from agents.ray_pool import RayPool
+    from slm_router.agents.hosting.ray_serve import RayPool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def _replica_names(app: str, deployment: str) -> list[str]:
 
 
 def test_serve_start_up_failure_is_one_line_and_exit_code_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    from router.cli import app
+    from slm_router.router.cli import app
 
     class FailingRouter:
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -64,7 +64,7 @@ def test_serve_start_up_failure_is_one_line_and_exit_code_1(monkeypatch: pytest.
                 "Traceback (most recent call last):\n  File 'replica.py', line 1\nImportError: ..."
             )
 
-    monkeypatch.setattr("router.api.Router", FailingRouter)
+    monkeypatch.setattr("slm_router.router.runnable.Router", FailingRouter)
     monkeypatch.setenv("SLM_ROUTER_API_KEYS", "test-key")
     result = CliRunner().invoke(app, ["serve", "--backend", "ray"])
     assert result.exit_code == 1
@@ -78,11 +78,11 @@ def test_serve_start_up_failure_is_one_line_and_exit_code_1(monkeypatch: pytest.
 # --- a driver cwd that holds a `policies/` folder ---------------------------------------------------
 
 DRIVER = """
-from agents.base import AgentInput
-from agents.ray_pool import RayPool
-from policies import load_policy
-from policies.schema import DeploymentConfig, HostingConfig
-from router.api import agent_factories
+from slm_router.agents.base import AgentInput
+from slm_router.agents.hosting.ray_serve import RayPool
+from slm_router.policies import load_policy
+from slm_router.policies.schema import DeploymentConfig, HostingConfig
+from slm_router.router.runnable import agent_factories
 
 # The built-in factory, as `slm-router serve --backend ray` deploys it: unpickling it in the replica
 # imports router.api, whose `from policies import Policy` met the cwd's folder instead of our package.
@@ -125,7 +125,7 @@ def test_deploys_from_a_cwd_that_holds_a_policies_folder(tmp_path: Path) -> None
 
 @pytest.fixture
 def echo_pool(ray_cluster: None) -> Iterator[RayPool]:
-    from agents.ray_pool import RayPool
+    from slm_router.agents.hosting.ray_serve import RayPool
 
     hosting = HostingConfig(
         batch_wait_timeout_s=0.0, deployments={"echo": DeploymentConfig(num_cpus=0.1, num_replicas=1)}
@@ -141,7 +141,7 @@ def test_killed_replica_every_request_gets_one_outcome_and_the_deployment_recove
 ) -> None:
     import ray
 
-    from agents.ray_pool import APP_PREFIX
+    from slm_router.agents.hosting.ray_serve import APP_PREFIX
 
     [replica] = _replica_names(APP_PREFIX + "echo", "echo")
     outcomes: dict[int, list[str]] = {i: [] for i in range(40)}
@@ -195,7 +195,7 @@ def test_killed_replica_every_request_gets_one_outcome_and_the_deployment_recove
 
 @pytest.fixture
 def narrow_pool(ray_cluster: None) -> Iterator[RayPool]:
-    from agents.ray_pool import RayPool
+    from slm_router.agents.hosting.ray_serve import RayPool
 
     one = DeploymentConfig(num_cpus=0.1, max_ongoing_requests=1, max_queued_requests=1)
     pool = RayPool({"echo": SlowEcho}, HostingConfig(deployments={"echo": one}), timeout_s=20.0)

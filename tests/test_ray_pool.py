@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import pytest
 import ray
 
-from agents.base import AgentError, AgentInput, AgentResult
-from policies import Policy
-from policies.schema import DeploymentConfig, HostingConfig
-from router.api import agent_factories
+from slm_router.agents.base import AgentError, AgentInput, AgentResult
+from slm_router.policies import Policy
+from slm_router.policies.schema import DeploymentConfig, HostingConfig
+from slm_router.router.runnable import agent_factories
 
 if TYPE_CHECKING:
-    from agents.ray_pool import RayPool
+    from slm_router.agents.hosting.ray_serve import RayPool
 
 pytestmark = pytest.mark.ray
 
@@ -48,7 +48,7 @@ class FlakyAgent:
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster: None, default_policy: Policy) -> Iterator[RayPool]:
-    from agents.ray_pool import RayPool
+    from slm_router.agents.hosting.ray_serve import RayPool
 
     started = time.monotonic()
     pool = RayPool(agent_factories(default_policy), HOSTING, timeout_s=60.0)
@@ -87,7 +87,7 @@ def test_health_and_unknown_agent(pool: RayPool) -> None:
 
 @pytest.fixture(scope="module")
 def flaky(ray_cluster: None) -> Iterator[RayPool]:
-    from agents.ray_pool import RayPool
+    from slm_router.agents.hosting.ray_serve import RayPool
 
     pool = RayPool({"flaky": FlakyAgent}, HostingConfig(batch_wait_timeout_s=0.05), timeout_s=1.0)
     yield pool
@@ -121,7 +121,7 @@ def test_close_removes_only_the_pools_apps(flaky: RayPool) -> None:
     """Last in the file: it closes the module's test-agent pool."""
     from ray import serve
 
-    from agents.ray_pool import APP_PREFIX
+    from slm_router.agents.hosting.ray_serve import APP_PREFIX
 
     assert flaky.health() == {"flaky": True}
     flaky.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.extraction import ExtractionAgent
-from agents.redaction import Redactor, restore
+from slm_router.agents.extraction import ExtractionAgent
+from slm_router.agents.redaction import Redactor, restore
 
 TEXT = (
     "Hi, I'm Jane Doe. Email jane.doe@example.com or call +1 415 555 0100; "

@@ -7,18 +7,18 @@ import time
 
 import pytest
 
-from agents.base import AgentInput, AgentResult
-from agents.hosting import LocalPool
-from policies import Policy
-from router.api import Router, build_agents
-from router.errors import (
+from slm_router.agents.base import AgentInput, AgentResult
+from slm_router.agents.hosting.local import LocalPool
+from slm_router.policies import Policy
+from slm_router.router.errors import (
     EmptyInputError,
     FallbackError,
     InputTooLargeError,
     InvalidEncodingError,
     UnknownRouteError,
 )
-from router.result import RouteResult
+from slm_router.router.result import RouteResult
+from slm_router.router.runnable import Router, build_agents
 from tests.conftest import policy_with
 
 COMPLAINT = "This is unacceptable, my package arrived broken and nobody answers my emails. I'm furious!"
@@ -184,7 +184,7 @@ def test_fallback_disabled_rejects_instead(default_policy: Policy, router: Route
 
 
 def test_missing_model_directory_is_a_load_error(default_policy: Policy, router: Router) -> None:
-    from router.errors import ModelLoadError
+    from slm_router.router.errors import ModelLoadError
 
     bad = policy_with(
         default_policy, **{"agents.translate.seq2seq": [{"path": "/nonexistent", "pairs": ["en-de"]}]}

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.base import AgentError, AgentInput
-from agents.sentiment import SentimentAgent, SentimentHead
-from router.api import Router
-from router.training import fit_head, split_of, train_sentiment_head
+from slm_router.agents.base import AgentError, AgentInput
+from slm_router.agents.sentiment import SentimentAgent, SentimentHead
+from slm_router.router.ops.training import fit_head, split_of, train_sentiment_head
+from slm_router.router.runnable import Router
 
 
 @pytest.fixture(scope="module")

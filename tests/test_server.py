@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from policies import Policy
-from policies.schema import ServerConfig
-from router.api import Router
-from router.server import ServerConfigError, create_app, resolve_api_keys
+from slm_router.policies import Policy
+from slm_router.policies.schema import ServerConfig
+from slm_router.router.runnable import Router
+from slm_router.router.service.app import ServerConfigError, create_app, resolve_api_keys
 from tests.conftest import policy_with, serving
 
 KEY = "test-key-123"

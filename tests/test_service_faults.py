@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from policies import Policy
-from router.api import Router
-from router.server import create_app
+from slm_router.policies import Policy
+from slm_router.router.runnable import Router
+from slm_router.router.service.app import create_app
 from tests.conftest import policy_with, serving
 from tests.fake_llm import FakeLLM
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.base import Agent, AgentInput
-from agents.translation import TranslationAgent
-from router.api import Router, build_agent
-from router.specialist_eval import (
+from slm_router.agents.base import Agent, AgentInput
+from slm_router.agents.translation import TranslationAgent
+from slm_router.router.ops.specialist_eval import (
     WNUT17_LABEL_MAP,
     Span,
     evaluate_entities,
@@ -30,6 +29,7 @@ from router.specialist_eval import (
     translation_scores,
     unlabelled,
 )
+from slm_router.router.runnable import Router, build_agent
 
 DATA = Path(__file__).parent / "data"
 SENTIMENT = DATA / "specialist_sentiment.jsonl"
@@ -292,7 +292,7 @@ def test_cli_eval_specialists_only(tmp_path: Path) -> None:
     section per specialist and no router section."""
     from typer.testing import CliRunner
 
-    from router.cli import app
+    from slm_router.router.cli import app
 
     result = CliRunner().invoke(
         app,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from router.api import RouteEvent, Router
+from slm_router.router.runnable import RouteEvent, Router
 
 
 def _collect(router: Router, request: object) -> list[RouteEvent]:

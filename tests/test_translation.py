@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.base import Agent, AgentError, AgentInput, AgentResult, TranslationOutput
-from agents.translation import (
+from slm_router.agents.base import Agent, AgentError, AgentInput, AgentResult, TranslationOutput
+from slm_router.agents.translation import (
     FastTranslateBackend,
     Seq2SeqBackend,
     TranslationAgent,
@@ -288,8 +288,8 @@ def test_engine_crash_restarts_the_child_and_loses_nothing() -> None:
 
 
 def test_engine_that_keeps_dying_is_an_agent_error() -> None:
-    from agents.isolation import WorkerProcess
+    from slm_router.agents.hosting.isolation import WorkerProcess
 
-    worker = WorkerProcess("agents.no_such_engine_module", agent="translate")
+    worker = WorkerProcess("slm_router.agents.no_such_engine_module", agent="translate")
     with pytest.raises(AgentError, match="died"):
         worker.request({"texts": ["x"]})

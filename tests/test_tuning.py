@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.tuning import OOD, ScoredSet, Target, TuningError, _hull_slopes, evaluate, tune
+from slm_router.router.ops.tuning import OOD, ScoredSet, Target, TuningError, _hull_slopes, evaluate, tune
 
 ROUTES = ["translate", "sentiment", "extract", "other"]
 SERVABLE = np.array([True, True, True, False])

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from agents.base import AgentError, AgentInput, TranslationOutput
-from agents.isolation import WorkerProcess
-from agents.translation import FastTranslateBackend, TranslationAgent, split_for_engine
-from router.api import Router
+from slm_router.agents.base import AgentError, AgentInput, TranslationOutput
+from slm_router.agents.hosting.isolation import WorkerProcess
+from slm_router.agents.translation import FastTranslateBackend, TranslationAgent, split_for_engine
+from slm_router.router.runnable import Router
 
 HANG = "tests.hang_engine"
 

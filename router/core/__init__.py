@@ -1,0 +1,1 @@
+"""The request path: one request in, a typed result out (state, nodes, rules, route index, embedder)."""

@@ -1,0 +1,1 @@
+"""Operator tools: evaluate, tune, learn, train, report, and the decision log they read."""
