@@ -35,6 +35,7 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/slm-router demo
 
+# Includes tests/test_import_contracts.py (the import directions) and tests/test_packaging.py (the wheel).
 test: install-dev
 	$(PY) -m pytest
 
@@ -50,6 +51,7 @@ test-load: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check slm_router router agents policies tests examples bench
 	$(VENV)/bin/mypy slm_router
+	$(VENV)/bin/lint-imports --no-cache
 
 # Developer targets: they read the public data sets in $(DATA) (not shipped).
 bench: install-dev

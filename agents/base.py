@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SerializeAsAny,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic.types import GetPydanticSchema
+from pydantic_core import CoreSchema, core_schema
 
 
 class AgentInput(BaseModel):
@@ -19,7 +31,81 @@ class AgentInput(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class SentimentOutput(BaseModel):
+_OUTPUT_TYPES: dict[str, type[AgentOutput]] = {}
+
+
+def _register(kind: str, cls: type[AgentOutput]) -> None:
+    """One type per kind, or JSON could not tell them apart. The same class defined again (a module
+    reloaded, a class unpickled by value in a Ray worker) replaces its earlier self."""
+    known = _OUTPUT_TYPES.get(kind)
+    if known is not None and _qualified(known) != _qualified(cls):
+        raise TypeError(f"output kind {kind!r} of {_qualified(cls)} is already taken by {_qualified(known)}")
+    _OUTPUT_TYPES[kind] = cls
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class AgentOutput(BaseModel):
+    """The structured half of an answer. Subclass it, with a default `kind`, to give an agent typed output.
+
+    Each concrete subclass is registered under its `kind`, so the type comes back from JSON (the HTTP
+    response, a client's `RouteResult.model_validate`) and not only from pickles (the Ray pool):
+
+        class RefundOutput(AgentOutput):
+            kind: Literal["refund"] = "refund"
+            order: str | None
+    """
+
+    kind: str
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kind = cls.model_fields["kind"].default
+        if isinstance(kind, str):  # a base for other outputs leaves `kind` open and is not registered
+            _register(kind, cls)
+
+
+class UnknownOutput(AgentOutput):
+    """Output of a kind this process has no type for (a client without the agent's code): kept as data."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def output_types() -> dict[str, type[AgentOutput]]:
+    """Every output type by kind: those of this package and of every agent imported so far."""
+    return dict(_OUTPUT_TYPES)
+
+
+def _by_kind(value: Any, handler: ValidatorFunctionWrapHandler) -> AgentOutput:
+    """An output object stays as it is; a mapping becomes the type its `kind` names, else UnknownOutput."""
+    if isinstance(value, AgentOutput):
+        return value
+    kind = value.get("kind") if isinstance(value, Mapping) else None
+    if isinstance(kind, str):
+        return _OUTPUT_TYPES.get(kind, UnknownOutput).model_validate(value)
+    result: AgentOutput = handler(value)  # the base's own error: not an object, or no kind
+    return result
+
+
+def _any_of_known(_: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    """Documents every output type registered when the schema is made, then any other kind."""
+    known = [cls.__pydantic_core_schema__ for _, cls in sorted(_OUTPUT_TYPES.items())]
+    # Handed over as one union, so each model becomes a named definition rather than an inlined copy.
+    return handler(core_schema.union_schema([*known, UnknownOutput.__pydantic_core_schema__]))
+
+
+AgentDetails = Annotated[
+    SerializeAsAny[AgentOutput],
+    WrapValidator(_by_kind),
+    GetPydanticSchema(get_pydantic_json_schema=_any_of_known),
+]
+"""The type of an answer's `details`: open to every `AgentOutput` subclass, serialized with its own fields."""
+
+
+class SentimentOutput(AgentOutput):
     kind: Literal["sentiment"] = "sentiment"
     label: str
     probabilities: dict[str, float]
@@ -34,12 +120,12 @@ class Entity(BaseModel):
     source: Literal["pattern", "model"]
 
 
-class ExtractionOutput(BaseModel):
+class ExtractionOutput(AgentOutput):
     kind: Literal["extraction"] = "extraction"
     entities: list[Entity]
 
 
-class TranslationOutput(BaseModel):
+class TranslationOutput(AgentOutput):
     kind: Literal["translation"] = "translation"
     source_language: str
     target_language: str
@@ -48,7 +134,7 @@ class TranslationOutput(BaseModel):
     backend: str | None
 
 
-class FallbackOutput(BaseModel):
+class FallbackOutput(AgentOutput):
     kind: Literal["fallback"] = "fallback"
     model: str
     redacted: bool
@@ -59,55 +145,11 @@ class FallbackOutput(BaseModel):
     output_tokens: int | None = None
 
 
-class StepOutput(BaseModel):
-    """One step of a flow, as the merged result reports it."""
-
-    agent: str
-    output: str
-    confidence: float | None
-    escalated: bool
-    reason: str | None = None
-
-
-class FlowOutput(BaseModel):
-    kind: Literal["flow"] = "flow"
-    flow: str
-    steps: list[StepOutput]
-
-
-class TriageOutput(BaseModel):
-    """A support ticket, triaged by small models working together."""
-
-    kind: Literal["triage"] = "triage"
-    flow: str
-    language: str
-    english_text: str
-    sentiment: str | None
-    sentiment_confidence: float | None
-    entities: list[Entity]
-    priority: Literal["low", "normal", "high"]
-    queue: Literal["billing", "orders", "general"]
-    escalated_steps: list[str]
-    steps: list[StepOutput]
-
-
-class GenericOutput(BaseModel):
-    """For custom agents whose output has no built-in shape."""
+class GenericOutput(AgentOutput):
+    """For custom agents whose output needs no type of its own."""
 
     kind: Literal["generic"] = "generic"
     data: dict[str, Any] = Field(default_factory=dict)
-
-
-AgentDetails = Annotated[
-    SentimentOutput
-    | ExtractionOutput
-    | TranslationOutput
-    | FallbackOutput
-    | FlowOutput
-    | TriageOutput
-    | GenericOutput,
-    Field(discriminator="kind"),
-]
 
 
 class AgentResult(BaseModel):

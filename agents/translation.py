@@ -222,6 +222,15 @@ def parse_request(text: str) -> TranslationRequest:
     return TranslationRequest(payload=stripped, target=None, source=None, whole_text=True)
 
 
+def requested_target(text: str) -> str | None:
+    """The language a message asks to translate into ("... to Portuguese" → "pt"), None when it names none.
+
+    The stable part of the parser that others may rely on: the router gives each translation step of a
+    multi-intent request the target its own clause names.
+    """
+    return parse_request(text).target
+
+
 @runtime_checkable
 class TranslationBackend(Protocol):
     """One local translation engine: the pairs it covers, and batched translation with a confidence each."""

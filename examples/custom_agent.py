@@ -1,13 +1,20 @@
-"""Register your own specialist in a few lines; the router learns its route from the example utterances.
+"""Register your own specialist in a few lines; a router that asks for it learns its route from the examples.
 
 python examples/custom_agent.py
 """
 
 import re
+from typing import Literal
 
-from slm_router.agents import AgentInput, AgentResult, register_agent
-from slm_router.agents.base import GenericOutput
-from slm_router.router import Router
+from slm_router import Router, register_agent
+from slm_router.agents import AgentInput, AgentOutput, AgentResult
+
+
+class RefundOutput(AgentOutput):
+    """The agent's own typed output: it reaches `result.details` (and the HTTP JSON) as it is."""
+
+    kind: Literal["refund"] = "refund"
+    order: str | None
 
 
 @register_agent(
@@ -32,14 +39,16 @@ class RefundAgent:
                 AgentResult(
                     agent=self.name,
                     output=f"refund opened for order {order.group(0)}" if order else "which order?",
-                    details=GenericOutput(data={"order": order.group(0) if order else None}),
+                    details=RefundOutput(order=order.group(0) if order else None),
                     confidence=0.95 if order else 0.3,
                 )
             )
         return results
 
 
-router = Router.from_policy()  # add backend="ray" to host it on Ray Serve instead; nothing else changes
+# A registered agent is routed to by the policies that ask for it: here by name; a policy file asks with
+# `routes: {refunds: {agent: refunds}}`. Add backend="ray" to host it on Ray Serve; nothing else changes.
+router = Router.from_policy(agents=["refunds"])
 for text in [
     "I'd like a refund for order 88120, the blender broke",
     "Order #A12345 was charged $49.99 twice",

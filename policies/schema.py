@@ -29,7 +29,9 @@ class RoutePolicy(_Strict):
     """One route: which agent serves it, the examples that define it, and when to distrust it."""
 
     agent: str | None = Field(
-        default=None, description="Agent that serves the route; null (and no flow) = the fallback serves it."
+        default=None,
+        description="Agent that serves the route; null (and no flow) = the fallback serves it. A route "
+        "naming a registered agent may leave out `examples` and `utterances`: it takes the registration's.",
     )
     flow: str | None = Field(default=None, description="A flow (see `flows`) that serves the route instead.")
     examples: list[str] = Field(
@@ -57,9 +59,10 @@ class RoutePolicy(_Strict):
 
     @model_validator(mode="after")
     def _has_examples(self) -> RoutePolicy:
-        if not self.examples and not self.utterances:
+        if not self.examples and not self.utterances and not self.agent:
             raise ValueError(
-                "a route needs example utterances: set `examples` (a file) or `utterances` (a list)"
+                "a route needs example utterances: set `examples` (a file) or `utterances` (a list), "
+                "or name a registered agent (`agent`) that brings them"
             )
         if self.agent and self.flow:
             raise ValueError("a route is served by an `agent` or by a `flow`, not both")
@@ -197,9 +200,15 @@ class TranslationAgentConfig(_Strict):
 
 
 class AgentsConfig(_Strict):
+    """One section per built-in agent, named as the agent is registered."""
+
     sentiment: SentimentAgentConfig = Field(default_factory=SentimentAgentConfig)
     extract: ExtractionAgentConfig = Field(default_factory=ExtractionAgentConfig)
     translate: TranslationAgentConfig = Field(default_factory=TranslationAgentConfig)
+
+    def section(self, agent: str) -> BaseModel | None:
+        """The config section of `agent`; None for an agent that has none (custom agents)."""
+        return getattr(self, agent) if agent in type(self).model_fields else None
 
 
 class BreakerConfig(_Strict):
@@ -550,7 +559,7 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _references_exist(self) -> Policy:
-        # Agent names are checked where the registry of custom agents is known (router.api.check_agents).
+        # Agent names are checked where the agent registry is known (router/compose.py with_agent_routes).
         for name, route in self.routes.items():
             if route.flow is not None and route.flow not in self.flows:
                 raise ValueError(

@@ -78,7 +78,10 @@ class RouteResult(BaseModel):
     route: str
     action: Literal["specialist", "flow", "fallback", "reject"]
     output: str
-    details: AgentDetails | None = None
+    details: AgentDetails | None = Field(
+        default=None,
+        description="Structured output; `kind` names its type (an agent's own, or a flow's record).",
+    )
     answered_by: str
     confidence: float = Field(description="Calibrated router probability of `route` (the chosen route).")
     specialist_confidence: float | None = Field(default=None, description="The specialist's own confidence.")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from slm_router.router.cli import app
@@ -66,3 +68,35 @@ def test_route_table_and_explain() -> None:
     assert explained.exit_code == 0, explained.output
     for needle in ("nearest examples", "calibration: temperature", "decision:", "language: pt"):
         assert needle in explained.output
+
+
+def test_every_command_group_is_mounted_in_help_order() -> None:
+    commands = ["route", "explain", "demo", "serve", "eval", "tune", "learn"]
+    groups = {"policy": ["schema", "validate"], "train": ["sentiment"], "log": ["export", "stats", "tail"]}
+    root = typer.main.get_group(app)
+    assert list(root.commands) == commands + list(groups)
+    mounted = {name: sorted(g.commands) for name, g in root.commands.items() if isinstance(g, TyperGroup)}
+    assert mounted == groups
+
+
+def test_importing_the_command_line_loads_no_server_or_operator_tool() -> None:
+    """`--help` and a mistyped option must answer at once: the HTTP server, the operator tools and the
+    plotting library are imported inside the commands that use them."""
+    lazy = (
+        "uvicorn",
+        "fastapi",
+        "matplotlib",
+        "slm_router.router.service",
+        "slm_router.router.ops.evaluation",
+        "slm_router.router.ops.report",
+        "slm_router.router.ops.tuning",
+        "slm_router.router.ops.learning",
+        "slm_router.router.ops.training",
+    )
+    probe = (
+        "import json, sys, slm_router.router.cli; "
+        f"print(json.dumps([m for m in sys.modules if m.startswith({lazy!r})]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from slm_router.policies import Policy
-from slm_router.router import cli
 from slm_router.router.cli import app
+from slm_router.router.cli.output import console
 from slm_router.router.ops.decision_log import DecisionLog, DecisionLogError, default_log_path, open_log
 from slm_router.router.runnable import Router
 from tests.conftest import policy_with
@@ -137,7 +137,7 @@ def test_export_jsonl_and_csv(logged: Router, tmp_path: Path) -> None:
 
 
 def test_cli_tail_stats_export(logged: Router, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.console, "_width", 200)  # the table, unfolded
+    monkeypatch.setattr(console, "_width", 200)  # the table, unfolded
     runner = CliRunner()
     db = str(_log(logged).path)
     out = runner.invoke(app, ["log", "tail", "-n", "2", "--json", "--db", db])

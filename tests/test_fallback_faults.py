@@ -22,8 +22,8 @@ from slm_router.agents.fallback import (
     FallbackUnavailable,
     LlamaCppChatModel,
     build_chat_model,
-    strip_control_tokens,
 )
+from slm_router.agents.fallback.control_tokens import strip_control_tokens
 from slm_router.policies import FallbackConfig
 from tests.fake_llm import FakeLLM
 

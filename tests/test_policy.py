@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from slm_router.policies import DEFAULT_POLICY, PolicyError, load_policy, policy_from_dict
 from slm_router.router.cli import app
+from slm_router.router.compose import with_agent_routes
 from slm_router.router.core.index import load_utterances
 
 
@@ -58,17 +59,21 @@ def test_typo_is_an_unknown_field() -> None:
     assert problem.startswith("routes.extract.treshold: unknown field")
 
 
-def test_unknown_agent_and_unknown_route_reference() -> None:
-    from slm_router.router.runnable import check_agents
+def _agent_problems(data: dict, agents: list[str] | None = None) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        with_agent_routes(policy_from_dict(data, base_dir=DEFAULT_POLICY.parent), agents or [])
+    return info.value.problems
 
+
+def test_unknown_agent_and_unknown_route_reference() -> None:
     data = _default_dict()
     data["routes"]["extract"]["agent"] = "refunds"
     data["flows"]["extra"] = {"stages": [["translate"], ["sentiment", "refundz"]]}
-    with pytest.raises(PolicyError) as info:
-        check_agents(policy_from_dict(data, base_dir=DEFAULT_POLICY.parent))
-    first, second = info.value.problems
+    first, second, third = _agent_problems(data, agents=["refundx"])
     assert first.startswith("routes.extract.agent: unknown agent 'refunds'") and "sentiment" in first
     assert second.startswith("flows.extra.stages.1.1.agent: unknown agent 'refundz'")
+    assert third.startswith("agents: unknown agent 'refundx'; registered agents: [")
+    assert "@register_agent" in third
 
     data = _default_dict()
     data["router"]["ood_route"] = "nowhere"
@@ -78,8 +83,15 @@ def test_unknown_agent_and_unknown_route_reference() -> None:
 
 def test_route_without_examples_and_bad_pair() -> None:
     data = _default_dict()
-    data["routes"]["extract"].pop("examples")
-    assert any("needs example utterances" in p for p in _problems(data))
+    data["routes"]["other"].pop("examples")
+    (problem,) = _problems(data)
+    assert problem.startswith("routes.other:") and "needs example utterances" in problem
+    assert "registered agent" in problem
+    data = _default_dict()
+    data["routes"]["extract"].pop("examples")  # an agent route may borrow them, but extract has none to lend
+    (problem,) = _agent_problems(data)
+    assert problem.startswith("routes.extract: a route needs example utterances")
+    assert "agent 'extract' is registered without any" in problem
     data = _default_dict()
     data["agents"]["translate"]["seq2seq"] = [{"path": "/m", "pairs": ["english-german"]}]
     (problem,) = _problems(data)

@@ -82,7 +82,7 @@ from slm_router.agents.base import AgentInput
 from slm_router.agents.hosting.ray_serve import RayPool
 from slm_router.policies import load_policy
 from slm_router.policies.schema import DeploymentConfig, HostingConfig
-from slm_router.router.runnable import agent_factories
+from slm_router.router.compose import agent_factories
 
 # The built-in factory, as `slm-router serve --backend ray` deploys it: unpickling it in the replica
 # imports router.api, whose `from policies import Policy` met the cwd's folder instead of our package.

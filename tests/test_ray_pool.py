@@ -16,7 +16,7 @@ import ray
 from slm_router.agents.base import AgentError, AgentInput, AgentResult
 from slm_router.policies import Policy
 from slm_router.policies.schema import DeploymentConfig, HostingConfig
-from slm_router.router.runnable import agent_factories
+from slm_router.router.compose import agent_factories
 
 if TYPE_CHECKING:
     from slm_router.agents.hosting.ray_serve import RayPool

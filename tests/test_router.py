@@ -8,8 +8,10 @@ import time
 import pytest
 
 from slm_router.agents.base import AgentInput, AgentResult
+from slm_router.agents.extraction import ExtractionAgent
 from slm_router.agents.hosting.local import LocalPool
 from slm_router.policies import Policy
+from slm_router.router.compose import build_agents
 from slm_router.router.errors import (
     EmptyInputError,
     FallbackError,
@@ -18,7 +20,7 @@ from slm_router.router.errors import (
     UnknownRouteError,
 )
 from slm_router.router.result import RouteResult
-from slm_router.router.runnable import Router, build_agents
+from slm_router.router.runnable import Router
 from tests.conftest import policy_with
 
 COMPLAINT = "This is unacceptable, my package arrived broken and nobody answers my emails. I'm furious!"
@@ -205,3 +207,22 @@ def test_failing_specialist_without_fallback_is_rejected(default_policy: Policy,
     result = broken.invoke(COMPLAINT)
     assert result.action == "reject" and result.reason_code == "specialist_failed"
     assert "model file corrupted" in result.reason
+
+
+def test_extraction_agent_is_built_for_the_fallback_only_when_redacting(
+    default_policy: Policy, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[ExtractionAgent] = []
+
+    class Counted(ExtractionAgent):
+        def __init__(self, spacy_model: str) -> None:
+            super().__init__(spacy_model)
+            built.append(self)
+
+    monkeypatch.setattr("slm_router.router.compose.ExtractionAgent", Counted)
+    shared = {"pool": router.pool, "embedder": router.embedder}  # no pool agents built: only the fallback's
+    plain = Router(policy_with(default_policy, **{"privacy.redact_pii": False}), **shared)
+    assert plain.fallback is not None and plain.fallback.redactor is None and built == []
+    redacting = Router(default_policy, **shared)
+    assert redacting.fallback is not None and redacting.fallback.redactor is not None
+    assert [redacting.fallback.redactor.extractor] == built

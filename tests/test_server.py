@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -10,8 +11,19 @@ import pytest
 
 from slm_router.policies import Policy
 from slm_router.policies.schema import ServerConfig
+from slm_router.router.errors import (
+    EmptyInputError,
+    FallbackError,
+    InputTooLargeError,
+    ModelLoadError,
+    OverloadedError,
+    RequestTimeoutError,
+    UnknownRouteError,
+)
 from slm_router.router.runnable import Router
-from slm_router.router.service.app import ServerConfigError, create_app, resolve_api_keys
+from slm_router.router.service.api_keys import ServerConfigError, resolve_api_keys
+from slm_router.router.service.app import create_app
+from slm_router.router.service.errors import ErrorResponse, classify_error, error_bytes, error_response
 from tests.conftest import policy_with, serving
 
 KEY = "test-key-123"
@@ -207,3 +219,36 @@ def test_server_sent_events(client: httpx.Client) -> None:
     # Nothing streamed yet: the error is a plain JSON answer with its own status, not a 200 stream.
     response = client.post("/v1/route/stream", json={"text": "   "})
     assert response.status_code == 422 and response.json()["error"]["type"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "kind"),
+    [
+        (InputTooLargeError("text of 9000 characters"), 413, "input_too_large"),  # before its base class
+        (EmptyInputError("text is empty"), 422, "invalid_input"),
+        (UnknownRouteError("unknown route 'refunds'"), 400, "unknown_route"),
+        (FallbackError("circuit open", retry_after_s=4.2), 503, "fallback_unavailable"),
+        (ModelLoadError("no model file"), 503, "model_unavailable"),
+        (RequestTimeoutError("no answer within 10 s"), 504, "request_timeout"),
+        (OverloadedError("queue full", status=429, reason="queue_full"), 429, "queue_full"),
+    ],
+)
+def test_each_typed_error_has_its_status(exc: Exception, status: int, kind: str) -> None:
+    assert classify_error(exc) == (status, kind, str(exc))
+
+
+def test_an_untyped_error_is_a_500_with_an_incident_and_no_detail() -> None:
+    status, kind, message = classify_error(KeyError("secret internals"))
+    assert (status, kind) == (500, "internal_error")
+    assert re.fullmatch(r"internal error \(incident [0-9a-f]{12}\); see the server log", message)
+
+
+def test_the_gate_and_the_app_answer_errors_in_one_shape() -> None:
+    """The gate answers 401 and 413 before FastAPI runs, so it writes its own bytes: they must still be the
+    `ErrorResponse` the OpenAPI document promises."""
+    from_gate = json.loads(error_bytes("unauthorized", "missing key"))
+    from_app = json.loads(bytes(error_response(401, "unauthorized", "missing key").body))
+    assert from_gate == from_app == {"error": {"type": "unauthorized", "message": "missing key"}}
+    ErrorResponse.model_validate(from_gate)
+    retried = error_response(503, "fallback_unavailable", "circuit open", retry_after_s=4.2)
+    assert retried.headers["Retry-After"] == "5"

@@ -11,6 +11,7 @@ import pytest
 
 from slm_router.agents.base import Agent, AgentInput
 from slm_router.agents.translation import TranslationAgent
+from slm_router.router.compose import build_agent
 from slm_router.router.ops.specialist_eval import (
     WNUT17_LABEL_MAP,
     Span,
@@ -29,7 +30,7 @@ from slm_router.router.ops.specialist_eval import (
     translation_scores,
     unlabelled,
 )
-from slm_router.router.runnable import Router, build_agent
+from slm_router.router.runnable import Router
 
 DATA = Path(__file__).parent / "data"
 SENTIMENT = DATA / "specialist_sentiment.jsonl"

@@ -16,6 +16,7 @@ from slm_router.agents.translation import (
     normalize_language,
     parse_pair,
     parse_request,
+    requested_target,
 )
 
 
@@ -69,6 +70,20 @@ def test_parse_request(text: str, target: str | None, source: str | None, payloa
 def test_whole_text_only_for_plain_messages() -> None:
     assert parse_request("Onde está o meu pedido?").whole_text
     assert not parse_request("Translate to Portuguese: hello there").whole_text
+
+
+@pytest.mark.parametrize(
+    ("clause", "target"),
+    [
+        ("translate this to German", "de"),
+        ("translate it into Brazilian Portuguese", "pt"),
+        ("tell me how angry the customer is", None),
+        ("Onde está o meu pedido?", None),
+    ],
+)
+def test_requested_target_is_what_a_clause_names(clause: str, target: str | None) -> None:
+    """The router's multi-intent split gives each translation step the target its clause names."""
+    assert requested_target(clause) == target
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import ray
 from ray import serve
@@ -24,10 +24,45 @@ from ray.serve.schema import ApplicationStatus, LoggingConfig
 
 from slm_router.agents.base import Agent, AgentError, AgentInput, AgentOverloaded, AgentResult
 from slm_router.agents.hosting.local import failure_message, predict_groups
-from slm_router.policies.schema import HostingConfig
 
 APP_PREFIX = "slm-router-"
 _QUIET = LoggingConfig(enable_access_log=False, log_level="WARNING")
+
+
+class AutoscalingSettings(Protocol):
+    @property
+    def min_replicas(self) -> int: ...
+    @property
+    def max_replicas(self) -> int: ...
+    @property
+    def target_ongoing_requests(self) -> float: ...
+
+
+class DeploymentSettings(Protocol):
+    """One agent's Serve deployment; `autoscaling`, when set, replaces `num_replicas`."""
+
+    @property
+    def num_replicas(self) -> int: ...
+    @property
+    def autoscaling(self) -> AutoscalingSettings | None: ...
+    @property
+    def max_ongoing_requests(self) -> int: ...
+    @property
+    def max_queued_requests(self) -> int: ...
+    @property
+    def num_cpus(self) -> float: ...
+
+
+class HostingSettings(Protocol):
+    """What `RayPool` reads; `policies.HostingConfig` satisfies it as it is, and agents never import it."""
+
+    @property
+    def ray_address(self) -> str | None: ...
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def batch_wait_timeout_s(self) -> float: ...
+    def deployment(self, agent: str) -> DeploymentSettings: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +84,7 @@ class AgentReplica:
     # Cancellation (RayPool cancels what it stopped waiting for): Serve drops a cancelled request from any
     # batch that has not started yet, so abandoned work never reaches the model. A batch already running
     # in its worker thread cannot be interrupted (Python threads cannot be killed); agents bound their own
-    # work instead (the translation engine is killed at the agent timeout, see agents/isolation.py).
+    # work instead (the translation engine is killed at the agent timeout, see hosting/isolation.py).
     @serve.batch
     async def predict(self, items: list[AgentInput]) -> list[AgentResult | _Failure]:
         # predict_batch blocks; a worker thread keeps the event loop taking requests for the next batch.
@@ -60,13 +95,19 @@ class AgentReplica:
         return await self.predict(item)
 
 
-def _application(name: str, factory: Callable[[], Agent], hosting: HostingConfig) -> serve.RunTarget:
-    """One agent's Serve application: scaling, queue bound and CPU from `hosting.deployments`, no route."""
+def _application(name: str, factory: Callable[[], Agent], hosting: HostingSettings) -> serve.RunTarget:
+    """One agent's Serve application: scaling, queue bound and CPU from its deployment settings, no route."""
     conf = hosting.deployment(name)
     scaling: dict[str, Any] = (
         {"num_replicas": conf.num_replicas}
         if conf.autoscaling is None
-        else {"autoscaling_config": AutoscalingConfig(**conf.autoscaling.model_dump())}
+        else {
+            "autoscaling_config": AutoscalingConfig(
+                min_replicas=conf.autoscaling.min_replicas,
+                max_replicas=conf.autoscaling.max_replicas,
+                target_ongoing_requests=conf.autoscaling.target_ongoing_requests,
+            )
+        }
     )
     actor_options: dict[str, Any] = {"num_cpus": conf.num_cpus}
     deployment = serve.deployment(
@@ -116,7 +157,7 @@ class RayPool:
     """Agents as Ray Serve deployments (one application each), called through deployment handles."""
 
     def __init__(
-        self, factories: dict[str, Callable[[], Agent]], hosting: HostingConfig, timeout_s: float = 30.0
+        self, factories: dict[str, Callable[[], Agent]], hosting: HostingSettings, timeout_s: float = 30.0
     ) -> None:
         self.timeout_s = timeout_s
         address = hosting.ray_address or os.environ.get("RAY_ADDRESS")

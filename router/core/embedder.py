@@ -1,4 +1,8 @@
-"""The one sentence encoder every node shares: each request is embedded once and the vector travels on."""
+"""The one sentence encoder every node shares: each request is embedded once and the vector travels on.
+
+Concurrent requests share forward passes through the agents' own micro-batcher (`agents.hosting.batching`):
+the router may build on agents, never the other way round.
+"""
 
 from __future__ import annotations
 

@@ -16,15 +16,14 @@ from slm_router.agents.base import (
     AgentResult,
     Entity,
     ExtractionOutput,
-    FlowOutput,
     SentimentOutput,
-    StepOutput,
-    TriageOutput,
 )
 from slm_router.agents.fallback import FallbackAgent
 from slm_router.agents.hosting.local import AgentPool
+from slm_router.policies import Policy
 from slm_router.policies.schema import FlowConfig, FlowStep
-from slm_router.router.core.rules import Escalation, check_specialist
+from slm_router.router.core.outputs import FlowOutput, StepOutput, TriageOutput
+from slm_router.router.core.rules import Escalation, Evidence, FlowStepRef, SpecialistOutcome, escalation
 
 
 def seconds_left(deadline: float) -> float:
@@ -66,9 +65,13 @@ class StepResult(BaseModel):
 
 
 def run_step(
-    task: StepTask, pool: AgentPool, fallback: FallbackAgent | None, over_budget: str | None = None
+    task: StepTask,
+    pool: AgentPool,
+    fallback: FallbackAgent | None,
+    policy: Policy,
+    over_budget: str | None = None,
 ) -> StepResult:
-    """The agent, its own confidence check, and the fallback for this step alone when it is too weak.
+    """The agent, then `rules.escalation` for this step alone: the fallback when the step is too weak.
 
     `over_budget` says why the fallback is withheld (the escalation budget is spent)."""
     start = time.perf_counter()
@@ -80,31 +83,36 @@ def run_step(
             [AgentInput(text=task.text, language=task.language, params=step.params)],
             timeout_s=seconds_left(task.deadline),
         )[0]
-        escalation = check_specialist(
-            result.confidence,
-            result.supported,
-            result.note,
-            step.min_confidence,
-            f"step {step.agent} of flow {task.flow}",
+        outcome = SpecialistOutcome(
+            confidence=result.confidence, supported=result.supported, note=result.note
         )
     except AgentError as exc:
-        escalation = Escalation(code="specialist_failed", reason=f"specialist failed: {exc}")
-    outcome = StepResult(
-        agent=step.agent, stage=task.stage, result=result, escalation=escalation, text=task.text, ms=0.0
+        outcome = SpecialistOutcome(error=str(exc))
+    evidence = Evidence(
+        step=FlowStepRef(flow=task.flow, step=step),
+        specialist=outcome,
+        has_fallback=fallback is not None,
+        over_budget=over_budget,
     )
-    if escalation is not None and over_budget:
-        outcome.budget_exceeded = True
-        outcome.escalation = Escalation(code="budget_exceeded", reason=f"{escalation.reason}; {over_budget}")
-    elif escalation is not None and fallback is None:
-        outcome.error = f"{escalation.reason}; no fallback to escalate to"
-    elif escalation is not None and fallback is not None:
+    verdict = escalation(evidence, policy)
+    escalated = False
+    if verdict.action == "fallback" and fallback is not None:
         try:
-            outcome.result = fallback.answer(task.text, step.fallback_prompt, deadline=task.deadline)
-            outcome.escalated = True
+            result = fallback.answer(task.text, step.fallback_prompt, deadline=task.deadline)
+            escalated = True
         except AgentError as exc:  # keep whatever the specialist said, and say the fallback failed
-            outcome.error = f"{escalation.reason}; {exc}"
-    outcome.ms = round((time.perf_counter() - start) * 1000, 3)
-    return outcome
+            verdict = escalation(evidence.model_copy(update={"fallback_error": str(exc)}), policy)
+    return StepResult(
+        agent=step.agent,
+        stage=task.stage,
+        result=result,
+        escalation=verdict.escalation,
+        escalated=escalated,
+        budget_exceeded=verdict.flag == "budget_exceeded",
+        error=verdict.error,
+        text=task.text,
+        ms=round((time.perf_counter() - start) * 1000, 3),
+    )
 
 
 def next_text(text: str, stage: list[FlowStep], results: list[StepResult]) -> str:

@@ -13,7 +13,7 @@ import re
 import numpy as np
 from pydantic import BaseModel
 
-from slm_router.agents.translation import parse_request
+from slm_router.agents.translation import requested_target
 from slm_router.policies import Policy
 from slm_router.policies.schema import FlowConfig, FlowStep
 from slm_router.router.core.index import RouteIndex
@@ -77,7 +77,7 @@ def detect(
 
 def _params(intent: Intent) -> dict[str, str]:
     """The clause may name what the payload alone cannot, e.g. the target language of a translation."""
-    target = parse_request(intent.clause).target
+    target = requested_target(intent.clause)
     return {"target_language": target} if target else {}
 
 

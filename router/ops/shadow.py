@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
-from slm_router.agents.base import AgentDetails, AgentError, ExtractionOutput, SentimentOutput
+from slm_router.agents.base import AgentError, AgentOutput, ExtractionOutput, SentimentOutput
 from slm_router.agents.fallback import FallbackAgent
 from slm_router.policies import Policy
 from slm_router.router.core.budget import EscalationBudget
@@ -39,7 +39,7 @@ class ShadowRecord(BaseModel):
     cost: float
 
 
-def agreement(output: str, details: AgentDetails | None, fallback_output: str) -> float:
+def agreement(output: str, details: AgentOutput | None, fallback_output: str) -> float:
     """How far the fallback's answer confirms the specialist's, 0..1.
 
     Sentiment: 1 when the first sentiment word in the fallback's answer is the specialist's label.

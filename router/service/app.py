@@ -1,255 +1,52 @@
 """The HTTP service: route, batch, an OpenAI-compatible chat endpoint, health, readiness and metrics.
 
-Every error is a JSON body `{"error": {"type", "message", ...}}` with a 4xx/5xx status; tracebacks stay in
-the server log.
+The endpoints and their wiring live here; their models in `schemas`, the error shape in `errors`, the key
+check in `gate`, load shedding in `admission`.
 """
 
 import asyncio
-import ipaddress
-import logging
-import math
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slm_router.agents.base import AgentDetails
 from slm_router.policies.schema import ServerConfig
-from slm_router.router.core.rules import ReasonCode
-from slm_router.router.errors import (
-    FallbackError,
-    InputTooLargeError,
-    InvalidInputError,
-    ModelLoadError,
-    OverloadedError,
-    RequestTimeoutError,
-    SlmRouterError,
-    UnknownRouteError,
-)
+from slm_router.router.errors import InvalidInputError, RequestTimeoutError, SlmRouterError
 from slm_router.router.result import RouteRequest, RouteResult, validation_problems
 from slm_router.router.runnable import RouteEvent, Router
 from slm_router.router.service.admission import Admission
+from slm_router.router.service.errors import (
+    ROUTING_ERRORS,
+    ErrorBody,
+    classify_error,
+    documented,
+    error_response,
+    retry_after,
+    validation_details,
+)
 from slm_router.router.service.gate import Gate
 from slm_router.router.service.metrics import Metrics
-
-log = logging.getLogger("slm_router.server")
-MODEL_NAME = "slm-router"
-LOOPBACK_NAMES = {"localhost"}
-
-
-class ServerConfigError(SlmRouterError, ValueError):
-    """The service cannot start safely with this configuration."""
-
-
-# --- request / response models (they are the OpenAPI spec) ----------------------------------------
-
-
-class BatchRequest(BaseModel):
-    """Items are validated one by one (see `route_batch`), so one bad item cannot fail the batch."""
-
-    requests: list[dict[str, Any]] = Field(
-        min_length=1, json_schema_extra={"items": {"$ref": "#/components/schemas/RouteRequest"}}
-    )
-
-
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-    details: list[dict[str, Any]] | None = None
-    status: int | None = Field(default=None, description="In a batch item: the status it would have alone.")
-
-
-class BatchItem(BaseModel):
-    result: RouteResult | None = None
-    error: ErrorBody | None = None
-
-
-class BatchResponse(BaseModel):
-    results: list[BatchItem]
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
-            return "\n".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class ChatCompletionRequest(BaseModel):
-    """The OpenAI shape; sampling parameters are accepted and ignored (the policy decides)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-
-
-class RoutingInfo(BaseModel):
-    """The `slm_router` field of a chat completion: who answered and why."""
-
-    route: str
-    action: str
-    answered_by: str
-    escalated: bool
-    reason: str
-    reason_code: ReasonCode
-    confidence: float
-    specialist_confidence: float | None
-    details: AgentDetails | None
-    budget_exceeded: bool
-    cost: float
-    total_ms: float
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: dict[str, str]
-    finish_reason: str = "stop"
-    logprobs: None = None
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str = MODEL_NAME
-    choices: list[ChatChoice]
-    slm_router: RoutingInfo
-
-
-class RouteInfo(BaseModel):
-    name: str
-    agent: str | None
-    threshold: float
-    min_confidence: float | None
-    examples: int
-
-
-# --- errors -------------------------------------------------------------------------------------------
-
-_STATUS: list[tuple[type[Exception], int, str]] = [
-    (InputTooLargeError, 413, "input_too_large"),
-    (InvalidInputError, 422, "invalid_input"),
-    (UnknownRouteError, 400, "unknown_route"),
-    (FallbackError, 503, "fallback_unavailable"),
-    (ModelLoadError, 503, "model_unavailable"),
-    (RequestTimeoutError, 504, "request_timeout"),
-]
-
-
-class ErrorResponse(BaseModel):
-    """The one error shape of every 4xx/5xx answer."""
-
-    error: ErrorBody
-
-
-def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses an endpoint can answer, all with `ErrorResponse`."""
-    meaning = {
-        400: "Unknown route or undecodable body",
-        401: "Missing or invalid API key",
-        404: "Unknown model",
-        413: "Body, batch or text too large",
-        422: "Invalid request (field, encoding, nesting)",
-        429: "Admission queue full: retry after `Retry-After` seconds",
-        503: "Overloaded, fallback unavailable (circuit open) or model missing; see `Retry-After`",
-        504: "The request ran past limits.request_timeout_s",
-    }
-    return {status: {"model": ErrorResponse, "description": meaning[status]} for status in statuses}
-
-
-ROUTING_ERRORS = _documented(400, 401, 413, 422, 429, 503, 504)
-
-
-def _error(
-    status: int,
-    kind: str,
-    message: str,
-    details: list[dict[str, Any]] | None = None,
-    retry_after_s: float | None = None,
-) -> JSONResponse:
-    body = ErrorBody(type=kind, message=message, details=details).model_dump(exclude_none=True)
-    response = JSONResponse({"error": body}, status_code=status)
-    if retry_after_s is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
-    return response
-
-
-def classify_error(exc: BaseException) -> tuple[int, str, str]:
-    if isinstance(exc, OverloadedError):
-        return exc.status, exc.reason, str(exc)
-    for cls, status, kind in _STATUS:
-        if isinstance(exc, cls):
-            return status, kind, str(exc)
-    incident = uuid.uuid4().hex[:12]
-    log.error("unhandled error (incident %s)", incident, exc_info=exc)
-    return 500, "internal_error", f"internal error (incident {incident}); see the server log"
-
-
-def retry_after(exc: BaseException) -> float | None:
-    value = getattr(exc, "retry_after_s", None)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    details = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        details.append({"field": where, "problem": str(err.get("msg")), "type": err.get("type")})
-    first = details[0] if details else {"field": "body", "problem": "invalid request"}
-    if first.get("type") == "json_invalid":
-        return f"malformed JSON: {first['problem']}", details
-    return f"{first['field']}: {first['problem']}", details
-
-
-# --- auth ---------------------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_api_keys(settings: ServerConfig, host: str) -> set[str] | None:
-    """The accepted keys, or None when auth is off; off is only allowed on a loopback address."""
-    if settings.auth == "disabled":
-        if not is_loopback(host):
-            raise ServerConfigError(
-                f"server.auth is 'disabled' but host {host!r} is not a loopback address; "
-                "set API keys in $" + settings.api_keys_env + " or bind to 127.0.0.1"
-            )
-        return None
-    keys = {k.strip() for k in os.environ.get(settings.api_keys_env, "").split(",") if k.strip()}
-    if not keys:
-        raise ServerConfigError(
-            f"no API keys: set ${settings.api_keys_env} (comma-separated), "
-            "or server.auth: disabled for a loopback-only service"
-        )
-    return keys
-
-
-# --- app ----------------------------------------------------------------------------------------------
+from slm_router.router.service.schemas import (
+    MODEL_NAME,
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    RouteInfo,
+    RoutingInfo,
+)
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
@@ -257,7 +54,7 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect
 def create_app(
     router: Router, settings: ServerConfig, api_keys: set[str] | None, warmup: bool = True
 ) -> FastAPI:
-    """The FastAPI app around one Router; `api_keys=None` means no auth (see `resolve_api_keys`)."""
+    """The FastAPI app around one Router; `api_keys=None` means no auth (see `api_keys.resolve_api_keys`)."""
     metrics = Metrics(router.pool.queue_depth, router.fallback_status)
     state = {"ready": False}
     admission = Admission(settings.max_in_flight, settings.max_queue, settings.queue_timeout_s)
@@ -297,7 +94,7 @@ def create_app(
         metrics.errors.labels(kind).inc()
         if kind in ("queue_full", "queue_timeout"):
             metrics.shed.labels(kind).inc()
-        return _error(status, kind, message, **extra)
+        return error_response(status, kind, message, **extra)
 
     def failed_with(exc: BaseException) -> JSONResponse:
         status, kind, message = classify_error(exc)
@@ -305,7 +102,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, details = _validation_details(exc)
+        message, details = validation_details(exc)
         return failed(422, "invalid_request", message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -326,7 +123,7 @@ def create_app(
         request: RouteRequest, endpoint: str, tenant: str, release: Callable[[], None] | None = None
     ) -> RouteResult:
         """One message through the router, within the request deadline; the caller holds its admission
-        slot, and `release` lets the graph give it back early (see `Controller.afallback`)."""
+        slot, and `release` lets the graph give it back early (`afallback`, router/core/nodes/answer.py)."""
         metrics.in_flight.inc()
         start = time.perf_counter()
         config: RunnableConfig = {"configurable": {"tenant": tenant, "release_admission": release}}
@@ -429,7 +226,7 @@ def create_app(
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
-        responses=_documented(401, 404, 413, 422, 429, 503, 504),
+        responses=documented(401, 404, 413, 422, 429, 503, 504),
         tags=["openai"],
     )
     async def chat_completions(body: ChatCompletionRequest, tenant: Tenant) -> ChatCompletion | JSONResponse:
@@ -460,7 +257,7 @@ def create_app(
     @app.delete(
         "/v1/conversations/{conversation_id}",
         status_code=204,
-        responses=_documented(401, 404),
+        responses=documented(401, 404),
         tags=["routing"],
     )
     async def forget(conversation_id: str, tenant: Tenant) -> Response:
@@ -469,7 +266,7 @@ def create_app(
             return failed(404, "not_found", "no such conversation for this API key")
         return Response(status_code=204)
 
-    @app.get("/v1/routes", response_model=list[RouteInfo], responses=_documented(401), tags=["routing"])
+    @app.get("/v1/routes", response_model=list[RouteInfo], responses=documented(401), tags=["routing"])
     async def routes(_: Tenant) -> list[RouteInfo]:
         counts = router.index.example_counts()
         return [

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 from collections.abc import Callable, Collection
 from typing import Any
+
+from slm_router.router.service.errors import error_bytes
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -33,15 +34,11 @@ def tenant_id(key: bytes) -> str:
     return "key-" + hashlib.sha256(key).hexdigest()[:16]
 
 
-def error_body(kind: str, message: str) -> bytes:
-    return json.dumps({"error": {"type": kind, "message": message}}).encode()
-
-
 class Gate:
     """Authenticates, bounds the body, and cancels the work of a client that went away.
 
-    `api_keys=None` turns authentication off (loopback only, see `resolve_api_keys`). The tenant the
-    request acts for goes to `scope["state"]["tenant"]`: the key's id, narrowed by an optional
+    `api_keys=None` turns authentication off (loopback only, see `api_keys.resolve_api_keys`). The tenant
+    the request acts for goes to `scope["state"]["tenant"]`: the key's id, narrowed by an optional
     `X-SLM-Tenant` header (so a platform can separate its own customers behind one key, but no key can
     reach into another key's tenants).
     """
@@ -179,4 +176,4 @@ class Gate:
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": error_body(kind, message)})
+        await send({"type": "http.response.body", "body": error_bytes(kind, message)})

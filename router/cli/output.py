@@ -1,0 +1,40 @@
+"""What the command line prints: results on stdout, errors and progress on stderr, so `--json` output
+stays parseable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One red line instead of a traceback: every error a user can cause ends here."""
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def result_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@contextmanager
+def progress(total: int, label: str, show: bool) -> Iterator[Callable[[], None]]:
+    """A rich progress bar as a `tick()` callback (silent when `show` is false)."""
+    from rich.progress import Progress
+
+    with Progress(console=err, disable=not show, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)

@@ -1,0 +1,87 @@
+"""Intake: clean the text and detect its language (guard), then score it against the routes (classify)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from slm_router.agents.langid import detect_language
+from slm_router.router.core.components import Components
+from slm_router.router.core.index import RouteScores
+from slm_router.router.core.intents import detect, split_request
+from slm_router.router.core.state import Info, RouterState
+from slm_router.router.errors import EmptyInputError, InputTooLargeError
+
+_CONTROL = {"Cc", "Cf"}
+_KEEP = {"\n", "\t"}
+
+FOLLOW_UP = re.compile(
+    r"^\s*(and|also|what about|how about|same|it|that|this one|the other)\b", re.IGNORECASE
+)
+
+
+def normalise(text: str, max_chars: int) -> str:
+    """Reject what cannot be routed; drop invisible control characters that confuse tokenisers."""
+    if len(text) > max_chars:
+        raise InputTooLargeError(
+            f"text has {len(text):,} characters; the limit is {max_chars:,} (limits.max_chars)"
+        )
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(ch for ch in text if ch in _KEEP or unicodedata.category(ch) not in _CONTROL).strip()
+    if not text:
+        raise EmptyInputError("text is empty or only whitespace/control characters")
+    return text
+
+
+def guard(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+    text = normalise(state["request"].text, c.policy.limits.max_chars)
+    language, conf = detect_language(text)
+    info = {"chars": len(text), "language": language, "language_confidence": round(conf, 3)}
+    return {"text": text, "language": language, "language_confidence": conf}, info
+
+
+def classify(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+    policy = c.policy
+    text = state["text"]
+    clauses, payload = (
+        split_request(text) if policy.router.multi_intent and not state["request"].route else ([], text)
+    )
+    if len(clauses) >= 2 and detect_language(" ".join(clauses))[0] not in (*policy.languages.native, "und"):
+        clauses = []  # an instruction in another language: the embedder reads English
+    if len(clauses) >= 2:  # the clauses ride along in the request's own forward pass
+        vectors = c.embedder.encode_shared([text, *clauses])
+        embedding, clause_vectors = vectors[0], vectors[1:]
+    else:
+        embedding, clause_vectors = c.embedder.encode_one(text), None
+    scores = c.index.score(embedding)
+    multi = None if clause_vectors is None else detect(clauses, payload, clause_vectors, policy, c.index)
+    context = _with_context(state, c, scores)
+    if context is not None:
+        scores = context
+    info = {
+        "used_context": context is not None,
+        "multi_intent": multi.describe() if multi else None,
+        "top": scores.top,
+        "confidence": round(scores.confidence, 4),
+        "margin": round(scores.margin, 4),
+        "max_similarity": round(scores.max_similarity, 4),
+        "ood": scores.ood,
+        "probabilities": scores.probabilities,
+    }
+    return {"embedding": embedding, "scores": scores, "multi": multi}, info
+
+
+def _with_context(state: RouterState, c: Components, scores: RouteScores) -> RouteScores | None:
+    """A follow-up ("and what about my other order?") is scored together with the previous turn; the
+    context wins when it is confident and the message alone is not, or reads as a follow-up."""
+    history = state.get("history") or []
+    if not history:
+        return None
+    text = state["text"]
+    alone_ok = not scores.ood and scores.confidence >= c.policy.threshold(scores.top)
+    if alone_ok and not FOLLOW_UP.match(text):
+        return None
+    joined = c.index.score(c.embedder.encode_one(f"{history[-1].text}\n{text}"))
+    if joined.ood or joined.confidence < c.policy.threshold(joined.top):
+        return None
+    return joined

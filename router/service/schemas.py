@@ -1,0 +1,93 @@
+"""The HTTP service's request and response models beyond `RouteRequest`/`RouteResult`: they are its
+OpenAPI document, so a field's type and description here is the contract clients see."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slm_router.agents.base import AgentDetails
+from slm_router.router.core.rules import ReasonCode
+from slm_router.router.result import RouteResult
+from slm_router.router.service.errors import ErrorBody
+
+MODEL_NAME = "slm-router"
+
+
+class BatchRequest(BaseModel):
+    """Items are validated one by one (see `route_batch`), so one bad item cannot fail the batch."""
+
+    requests: list[dict[str, Any]] = Field(
+        min_length=1, json_schema_extra={"items": {"$ref": "#/components/schemas/RouteRequest"}}
+    )
+
+
+class BatchItem(BaseModel):
+    result: RouteResult | None = None
+    error: ErrorBody | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
+            return "\n".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI shape; sampling parameters are accepted and ignored (the policy decides)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+class RoutingInfo(BaseModel):
+    """The `slm_router` field of a chat completion: who answered and why."""
+
+    route: str
+    action: str
+    answered_by: str
+    escalated: bool
+    reason: str
+    reason_code: ReasonCode
+    confidence: float
+    specialist_confidence: float | None
+    details: AgentDetails | None
+    budget_exceeded: bool
+    cost: float
+    total_ms: float
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: dict[str, str]
+    finish_reason: str = "stop"
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str = MODEL_NAME
+    choices: list[ChatChoice]
+    slm_router: RoutingInfo
+
+
+class RouteInfo(BaseModel):
+    name: str
+    agent: str | None
+    threshold: float
+    min_confidence: float | None
+    examples: int
