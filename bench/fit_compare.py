@@ -138,14 +138,14 @@ def split_rows(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def slm_predictions(data: ScoredSet, thresholds: dict[str, float], ood_threshold: float) -> list[str | None]:
-    """The router's decision per row (None: escalated), the rule policies.tuning.evaluate aggregates."""
+    """The router's decision per row (None: escalated), the rule router/ops/tuning.py `evaluate` aggregates."""
     pred = data.probs.argmax(axis=1)
     conf = data.probs.max(axis=1)
     t = np.array([thresholds.get(r, 0.0) for r in data.routes])
     escalated = (data.max_sim < ood_threshold) | ~data.servable[pred] | (conf < t[pred])
     point = evaluate(data, thresholds, ood_threshold, Target("max_escalation", 1.0))
     if abs(point.escalation_rate - float(escalated.mean())) > 1e-12:
-        raise RuntimeError("this copy of the decision rule no longer matches policies.tuning.evaluate")
+        raise RuntimeError("this copy of the decision rule no longer matches router/ops/tuning.py evaluate")
     return [None if e else data.routes[p] for p, e in zip(pred, escalated, strict=True)]
 
 

@@ -85,7 +85,8 @@ from slm_router.policies.schema import DeploymentConfig, HostingConfig
 from slm_router.router.compose import agent_factories
 
 # The built-in factory, as `slm-router serve --backend ray` deploys it: unpickling it in the replica
-# imports router.api, whose `from policies import Policy` met the cwd's folder instead of our package.
+# imports the composition module. Under the old top-level names its `from policies import Policy` met the
+# cwd's `policies/` folder instead of our package; under `slm_router.*` a user's folder cannot shadow it.
 factory = agent_factories(load_policy("policies/default.yaml"))["translate"]
 hosting = HostingConfig(deployments={"translate": DeploymentConfig(num_cpus=0.1)})
 pool = RayPool({"translate": factory}, hosting, timeout_s=120.0)

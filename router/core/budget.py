@@ -78,3 +78,11 @@ class EscalationBudget:
                 f"(escalation.budget.max_cost_per_hour {conf.max_cost_per_hour:.4g})"
             )
         return True, ""
+
+
+def refusal(budget: EscalationBudget | None) -> str | None:
+    """Why the escalation budget withholds the fallback now; None when it allows it (or there is none)."""
+    if budget is None:
+        return None
+    allowed, why_not = budget.allows()
+    return None if allowed else why_not

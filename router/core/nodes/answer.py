@@ -13,6 +13,7 @@ from langchain_core.runnables import RunnableConfig
 
 from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded
 from slm_router.policies import Policy
+from slm_router.router.core.budget import refusal
 from slm_router.router.core.components import Components
 from slm_router.router.core.flows import seconds_left
 from slm_router.router.core.intents import as_flow
@@ -96,7 +97,7 @@ async def afallback(state: RouterState, c: Components, config: RunnableConfig) -
 
 def _ask_budget(state: RouterState, c: Components) -> tuple[Evidence, Verdict, Info]:
     """The verdict once the escalation budget has had its say: still "fallback" unless it is spent."""
-    over_budget = budget_refusal(c)
+    over_budget = refusal(c.budget)
     evidence = _evidence(state, c, over_budget=over_budget)
     return evidence, escalation(evidence, c.policy), {"budget_exceeded": over_budget}
 
@@ -180,14 +181,6 @@ def _outcome(state: RouterState) -> SpecialistOutcome | None:
     if result is None:
         return None
     return SpecialistOutcome(confidence=result.confidence, supported=result.supported, note=result.note)
-
-
-def budget_refusal(c: Components) -> str | None:
-    """Why the escalation budget withholds the fallback now, or None when it allows it."""
-    if c.budget is None:
-        return None
-    allowed, why_not = c.budget.allows()
-    return None if allowed else why_not
 
 
 def _run_specialist(state: RouterState, c: Components) -> tuple[RouterState, Info]:

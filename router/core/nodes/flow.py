@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from langgraph.types import Send
 
+from slm_router.router.core.budget import refusal
 from slm_router.router.core.components import Components
 from slm_router.router.core.flows import StepTask, next_text, run_step
-from slm_router.router.core.nodes.answer import budget_refusal
 from slm_router.router.core.state import RouterState
 from slm_router.router.result import TraceStep
 
@@ -30,7 +30,7 @@ def fan_out(state: RouterState, stage: int) -> list[Send]:
 
 
 def flow_step(task: StepTask, c: Components) -> RouterState:
-    return {"flow_steps": [run_step(task, c.pool, c.fallback, c.policy, budget_refusal(c))]}
+    return {"flow_steps": [run_step(task, c.pool, c.fallback, c.policy, refusal(c.budget))]}
 
 
 def flow_join(state: RouterState) -> RouterState:
