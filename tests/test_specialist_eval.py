@@ -7,14 +7,18 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from slm_router.agents.base import Agent, AgentInput
+from slm_router.agents.base import Agent, AgentInput, ExtractionOutput
 from slm_router.agents.translation import TranslationAgent
 from slm_router.router.compose import build_agent
+from slm_router.router.ops.references import BareSpacyReference, VaderReference
 from slm_router.router.ops.specialist_eval import (
+    CONLL2003_LABEL_MAP,
     WNUT17_LABEL_MAP,
     Span,
+    escalation_split,
     evaluate_entities,
     evaluate_sentiment,
     evaluate_translation,
@@ -26,6 +30,7 @@ from slm_router.router.ops.specialist_eval import (
     read_entities,
     read_sentiment,
     read_translation,
+    resolve_label_map,
     span_scores,
     translation_scores,
     unlabelled,
@@ -35,6 +40,7 @@ from slm_router.router.runnable import Router
 DATA = Path(__file__).parent / "data"
 SENTIMENT = DATA / "specialist_sentiment.jsonl"
 ENTITIES = DATA / "specialist_entities.jsonl"
+ENTITIES_CONLL = DATA / "specialist_entities_conll.jsonl"
 TRANSLATION = DATA / "specialist_translation_en-pt.jsonl"
 
 
@@ -129,6 +135,37 @@ def test_parse_label_map() -> None:
     }
     with pytest.raises(ValueError, match="PREDICTED=gold"):
         parse_label_map("PERSON")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("wnut17", WNUT17_LABEL_MAP),
+        (" CoNLL2003 ", CONLL2003_LABEL_MAP),
+        ("PERSON=PER,ORG=ORG|MISC", {"PERSON": ("PER",), "ORG": ("ORG", "MISC")}),
+    ],
+)
+def test_label_map_presets_and_specs_resolve(spec: str, expected: dict[str, tuple[str, ...]]) -> None:
+    assert resolve_label_map(spec) == expected
+
+
+def test_unknown_label_map_preset_names_the_presets() -> None:
+    with pytest.raises(ValueError, match=r"unknown label map 'ontonotes'.*conll2003, wnut17"):
+        resolve_label_map("ontonotes")
+    with pytest.raises(ValueError, match="PREDICTED=gold"):
+        resolve_label_map("PERSON=")
+
+
+def test_escalation_split_by_hand() -> None:
+    correct = np.array([1, 1, 1, 0, 1, 0, 0, 0], dtype=float)
+    kept = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    # kept: 3 of 4 right (error 0.25); escalated: 1 of 4 right (error 0.75), wrong 3x as often
+    assert escalation_split(correct, kept) == (4, 0.75, 0.25, 3.0)
+    everything = escalation_split(correct, np.ones(8, dtype=bool))
+    assert (everything.escalated, everything.kept_accuracy, everything.escalated_accuracy) == (0, 0.5, None)
+    assert everything.escalated_error_ratio is None
+    no_kept_error = escalation_split(np.array([1.0, 0.0, 1.0]), np.array([True, False, True]))
+    assert (no_kept_error.escalated_accuracy, no_kept_error.escalated_error_ratio) == (0.0, None)
 
 
 def test_declined_rows_count_as_wrong() -> None:
@@ -318,6 +355,111 @@ def test_cli_eval_specialists_only(tmp_path: Path) -> None:
         "translation en-pt",
     }
     assert 0 <= report["specialists"]["translation en-pt"]["details"]["chrf"] <= 100
+    # the references run by default, one column beside each specialist, on the same rows
+    assert report["specialists"]["sentiment"]["comparison"]["header"][2:] == ["VADER"]
+    assert report["specialists"]["entities"]["comparison"]["header"][2:] == ["bare spaCy"]
+    for name in ("sentiment", "entities"):
+        assert {"kept_accuracy", "escalated_accuracy", "escalated_error_ratio"} <= set(
+            report["specialists"][name]["details"]
+        )
+    assert report["specialists"]["translation en-pt"]["comparison"] is None
+    assert "beside the reference models" in (tmp_path / "report.md").read_text()
     assert "## Specialist: sentiment" in (tmp_path / "report.md").read_text()
     missing = CliRunner().invoke(app, ["eval"])
     assert missing.exit_code == 2 and "--sentiment" in missing.output
+
+
+# ------------------------------------------------------------------------- reference models, real ones
+
+
+def test_vader_reference_uses_the_standard_thresholds() -> None:
+    vader = VaderReference()
+    texts = ["I love it, wonderful service!", "This is awful, it broke again.", "The box is on the table."]
+    assert [r.output for r in vader.predict_batch([AgentInput(text=t) for t in texts])] == [
+        "positive",
+        "negative",
+        "neutral",
+    ]
+    assert (vader.label(0.05), vader.label(-0.05), vader.label(0.0499)) == ("positive", "negative", "neutral")
+
+
+def test_bare_spacy_reference_keeps_every_entity() -> None:
+    (result,) = BareSpacyReference().predict_batch([AgentInput(text=read_entities(ENTITIES_CONLL)[0].text)])
+    assert isinstance(result.details, ExtractionOutput)
+    found = [(e.text, e.label) for e in result.details.entities]
+    # no label filter: DATE stays (the extraction agent keeps only its own label set)
+    assert found == [
+        ("Angela Merkel", "PERSON"),
+        ("Emmanuel Macron", "PERSON"),
+        ("Berlin", "GPE"),
+        ("Tuesday", "DATE"),
+    ]
+
+
+def test_sentiment_beside_vader_with_kept_and_escalated_accuracy(sentiment_agent: Agent) -> None:
+    rows = read_sentiment(SENTIMENT)
+    every = evaluate_sentiment(rows, sentiment_agent, min_confidence=1.0, references=[VaderReference()])
+    assert (every.escalated, every.kept_accuracy, every.escalated_accuracy) == (6, None, every.accuracy)
+    vader = every.references["VADER"]
+    assert vader.accuracy == 1.0 and set(vader.per_class_f1) == {"negative", "neutral", "positive"}
+    table = every.comparison("sentiment")
+    assert table is not None and table.header == ["", "sentiment", "VADER"]
+    assert {row[0] for row in table.rows} >= {"accuracy", "macro-F1", "F1 neutral", "ECE"}
+    # a threshold between the agent's confidences splits the rows; the two accuracies add up to the whole
+    confidences = sorted(
+        r.confidence for r in sentiment_agent.predict_batch([AgentInput(text=r.text) for r in rows])
+    )
+    split = evaluate_sentiment(rows, sentiment_agent, min_confidence=(confidences[2] + confidences[3]) / 2)
+    assert split.escalated == 3 and split.kept_accuracy is not None and split.escalated_accuracy is not None
+    assert split.kept_accuracy * 3 + split.escalated_accuracy * 3 == pytest.approx(
+        split.accuracy * 6, abs=1e-3
+    )
+    assert "accuracy of escalated answers" in dict(split.summary())
+    assert split.comparison() is None  # no references asked for
+
+
+def test_entities_beside_bare_spacy_on_conll_labels(router: Router) -> None:
+    rows = read_entities(ENTITIES_CONLL)
+    agent = build_agent(router.policy, "extract")
+    report = evaluate_entities(
+        rows, agent, resolve_label_map("conll2003"), min_confidence=0.5, references=[BareSpacyReference()]
+    )
+    bare = report.references["bare spaCy"]
+    # by hand: every span right but "the World Cup" (gold "World Cup"); the third row is the only wrong one
+    assert (bare.micro.correct, bare.micro.predicted, bare.micro.gold) == (7, 8, 8)
+    assert (bare.row_accuracy, bare.ignored_predictions, bare.per_label["PER"].f1) == (0.75, 3, 1.0)
+    assert 0.0 <= report.row_accuracy <= 1.0 and 0.0 <= report.ece <= 1.0
+    kept, escalated = report.rows - report.escalated, report.escalated
+    assert (report.kept_accuracy or 0) * kept + (report.escalated_accuracy or 0) * escalated == pytest.approx(
+        report.row_accuracy * report.rows, abs=1e-3
+    )
+    table = report.comparison(agent.name)
+    assert table is not None and table.header == ["", agent.name, "bare spaCy"]
+    assert {row[0] for row in table.rows} >= {
+        "F1",
+        "F1 PER",
+        "F1 MISC",
+        "unlabelled span F1",
+        "row accuracy (exact span set)",
+    }
+
+
+def test_cli_eval_label_map_preset_and_no_references(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from slm_router.router.cli import app
+
+    args = ["eval", "--entities", str(ENTITIES_CONLL), "--out", str(tmp_path), "--json"]
+    result = CliRunner().invoke(app, [*args, "--label-map", "conll2003", "--no-references"])
+    assert result.exit_code == 0, result.output
+    entities = json.loads((tmp_path / "report.json").read_text())["specialists"]["entities"]
+    assert entities["comparison"] is None and entities["details"]["references"] == {}
+    assert (
+        entities["details"]["label_map"]["NORP"] == ["MISC"]
+        and entities["details"]["unreachable_labels"] == []
+    )
+    assert "escalated_accuracy" in entities["details"]
+    bad = CliRunner().invoke(app, [*args, "--label-map", "ontonotes"])
+    assert bad.exit_code == 2
+    message = " ".join(bad.output.split())  # rich wraps the line to the terminal width
+    assert "--label-map: unknown label map 'ontonotes'" in message and "conll2003, wnut17" in message

@@ -12,7 +12,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from slm_router.router.core.calibration import confidence_bins
 from slm_router.router.core.costs import fallback_request_cost
 from slm_router.router.ops.evaluation import EvalReport
+from slm_router.router.ops.specialist_eval import Comparison
 from slm_router.router.ops.tuning import OOD, Operating, ScoredSet, TuningResult
 from slm_router.router.result import RouteResult
 
@@ -54,14 +55,24 @@ class LiveSample(BaseModel):
 
 
 class SpecialistReport(BaseModel):
-    """One specialist's evaluation (`router.specialist_eval`): table rows, and every number for JSON."""
+    """One specialist's evaluation (`router.specialist_eval`): table rows, the specialist beside the
+    reference models when there are any, and every number for JSON."""
 
     summary: list[tuple[str, str]]
+    comparison: Comparison | None = None
     details: dict[str, Any]
 
     @classmethod
-    def of(cls, evaluation: SentimentEval | EntityEval | TranslationEval) -> SpecialistReport:
-        return cls(summary=evaluation.summary(), details=evaluation.model_dump(mode="json"))
+    def of(
+        cls, evaluation: SentimentEval | EntityEval | TranslationEval, name: str = "specialist"
+    ) -> SpecialistReport:
+        """`name` heads the specialist's column in the comparison (e.g. the agent's name)."""
+        compare = getattr(evaluation, "comparison", None)
+        return cls(
+            summary=evaluation.summary(),
+            comparison=compare(name) if compare is not None else None,
+            details=evaluation.model_dump(mode="json"),
+        )
 
 
 class FullReport(BaseModel):
@@ -218,22 +229,30 @@ def plot_curve(result: TuningResult, baseline: Operating, out: Path) -> None:
     _save(fig, out)
 
 
-def report_sections(report: FullReport) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Report sections as (title, [(name, value)]), shared by the Markdown and the HTML writers."""
-    sections: list[tuple[str, list[tuple[str, str]]]] = []
+class Section(NamedTuple):
+    """One table of the report: name-value rows, or with a `header` one column per model."""
+
+    title: str
+    rows: list[tuple[str, ...]]
+    header: tuple[str, ...] | None = None
+
+
+def report_sections(report: FullReport) -> list[Section]:
+    """Report sections, shared by the console, the Markdown and the HTML writers."""
+    sections: list[Section] = []
     if report.router:
         r = report.router
         summary = r.model_dump(exclude={"per_route", "escalation_rate_by_reason"})
-        sections.append(("Router", [(k, str(v)) for k, v in summary.items()]))
+        sections.append(Section("Router", [(k, str(v)) for k, v in summary.items()]))
         sections.append(
-            (
+            Section(
                 "Escalation rate by reason (all rows)",
                 [(k, f"{v:.4f}") for k, v in r.escalation_rate_by_reason.items()],
             )
         )
         worst = sorted(r.per_route.items(), key=lambda kv: kv[1].f1)
         sections.append(
-            (
+            Section(
                 "Per route (worst F1 first): precision / recall / F1 (support)",
                 [
                     (name, f"{s.precision:.3f} / {s.recall:.3f} / {s.f1:.3f} ({s.support})")
@@ -244,7 +263,7 @@ def report_sections(report: FullReport) -> list[tuple[str, list[tuple[str, str]]
     if report.live:
         live = report.live
         sections.append(
-            (
+            Section(
                 f"Whole router on {live.rows} sampled rows",
                 [
                     ("errors", str(live.errors)),
@@ -259,7 +278,7 @@ def report_sections(report: FullReport) -> list[tuple[str, list[tuple[str, str]]
             )
         )
         sections.append(
-            (
+            Section(
                 "Latency per node: p50 / p95 / p99 ms (calls)",
                 [
                     (n.node, f"{n.p50_ms:.1f} / {n.p95_ms:.1f} / {n.p99_ms:.1f} ({n.calls})")
@@ -268,7 +287,10 @@ def report_sections(report: FullReport) -> list[tuple[str, list[tuple[str, str]]
             )
         )
     for name, result in report.specialists.items():
-        sections.append((f"Specialist: {name}", result.summary))
+        sections.append(Section(f"Specialist: {name}", list(result.summary)))
+        if result.comparison is not None:
+            header, rows = tuple(result.comparison.header), [tuple(r) for r in result.comparison.rows]
+            sections.append(Section(f"Specialist: {name}, beside the reference models", rows, header))
     return sections
 
 
@@ -285,10 +307,22 @@ def write_report(report: FullReport, out_dir: Path) -> list[Path]:
         "td,th{padding:2px 10px;text-align:left}tr:nth-child(even){background:#f3f3f3}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
     ]
-    for heading, rows in sections:
-        md += [f"## {heading}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    for heading, rows, header in sections:
+        columns = header or ("", "")
+        md += [
+            f"## {heading}",
+            "",
+            "| " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * (len(columns) - 1) if header else "|---|---|",
+            *("| " + " | ".join(row) + " |" for row in rows),
+            "",
+        ]
         page.append(f"<h2>{html.escape(heading)}</h2><table>")
-        page += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows]
+        if header:
+            page.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+        for name, *values in rows:
+            cells = "".join(f"<td>{html.escape(v)}</td>" for v in values)
+            page.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
         page.append("</table>")
     for caption, file in report.pictures.items():
         md += [f"## {caption}", "", f"![{caption}]({file})", ""]

@@ -8,7 +8,10 @@ without models.
 
 Escalation follows the router's own rule (`check_specialist`): an answer escalates when the agent declines
 (`supported=False`) or, given `min_confidence`, when its confidence is below it. Scores always cover every
-row, declined ones included (as wrong / empty), so a specialist cannot look better by declining more.
+row, declined ones included (as wrong / empty), so a specialist cannot look better by declining more. The
+accuracy of kept and of escalated answers, and how many times as often escalated ones are wrong, say whether
+`min_confidence` escalates the wrong answers or random ones. Reference models (`references`: VADER, bare
+spaCy) run on the same rows, so each specialist is read beside what it has to beat.
 """
 
 from __future__ import annotations
@@ -60,6 +63,31 @@ SPACY_LABELS), so WNUT `creative-work` can only be missed. Labels not mapped her
 ORDER_ID, ...) are entity types WNUT does not annotate: such predictions are ignored, not counted as false
 positives, and reported as `ignored_predictions`.
 """
+
+CONLL2003_LABEL_MAP: dict[str, tuple[str, ...]] = {
+    "PERSON": ("PER",),
+    "GPE": ("LOC",),
+    "LOC": ("LOC",),
+    "FAC": ("LOC",),
+    "ORG": ("ORG",),
+    "NORP": ("MISC",),
+    "EVENT": ("MISC",),
+    "PRODUCT": ("MISC",),
+    "WORK_OF_ART": ("MISC",),
+    "LANGUAGE": ("MISC",),
+    "LAW": ("MISC",),
+}
+"""spaCy (OntoNotes) labels -> CoNLL-2003 PER / LOC / ORG / MISC.
+
+CoNLL's MISC gathers nationalities (NORP: "German"), events, products and works; DATE, MONEY, CARDINAL and
+the support patterns have no CoNLL type and are ignored, as for WNUT-17.
+"""
+
+LABEL_MAP_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "wnut17": WNUT17_LABEL_MAP,
+    "conll2003": CONLL2003_LABEL_MAP,
+}
+"""Label maps by data set name, for `slm-router eval --entities FILE --label-map NAME`."""
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -194,7 +222,68 @@ def _rate(count: int, total: int) -> str:
     return f"{count} ({count / total:.1%})" if total else str(count)
 
 
+class Escalation(NamedTuple):
+    escalated: int
+    kept_accuracy: float | None
+    """None when the router keeps no answer."""
+    escalated_accuracy: float | None
+    """None when it escalates none."""
+    escalated_error_ratio: float | None
+    """Error rate of escalated answers / error rate of kept ones; None when either group is empty or no kept
+    answer is wrong (the ratio has no finite value)."""
+
+
+def escalation_split(correct: np.ndarray, kept: np.ndarray) -> Escalation:
+    """Accuracy of the answers the router keeps and of those it escalates. `min_confidence` is worth its
+    fallback calls when escalated answers are wrong several times as often as kept ones; a ratio near 1
+    means the cascade escalates at random."""
+    correct, kept = np.asarray(correct, dtype=float), np.asarray(kept, dtype=bool)
+    kept_acc = float(correct[kept].mean()) if kept.any() else None
+    escalated_acc = float(correct[~kept].mean()) if (~kept).any() else None
+    ratio = None
+    if kept_acc is not None and escalated_acc is not None and kept_acc < 1.0:
+        ratio = round((1.0 - escalated_acc) / (1.0 - kept_acc), 2)
+    return Escalation(
+        escalated=int((~kept).sum()),
+        kept_accuracy=None if kept_acc is None else round(kept_acc, 4),
+        escalated_accuracy=None if escalated_acc is None else round(escalated_acc, 4),
+        escalated_error_ratio=ratio,
+    )
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _escalation_rows(
+    split: Escalation | SentimentEval | EntityEval, rows: int, min_confidence: float | None
+) -> list[tuple[str, str]]:
+    return [
+        (f"escalated (min confidence {_fmt(min_confidence, 2)})", _rate(split.escalated, rows)),
+        ("accuracy of kept answers", _fmt(split.kept_accuracy)),
+        ("accuracy of escalated answers", _fmt(split.escalated_accuracy)),
+        ("escalated answers wrong x times as often as kept", _ratio(split.escalated_error_ratio)),
+    ]
+
+
+class Comparison(BaseModel):
+    """The specialist and the reference models side by side: a header and one row per metric."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+
 # -------------------------------------------------------------------------------------------- sentiment
+
+
+class ReferenceSentiment(BaseModel):
+    """A reference model's scores on the specialist's rows."""
+
+    accuracy: float
+    macro_f1: float
+    per_class_f1: dict[str, float]
+    confusion: dict[str, dict[str, int]]
+    seconds: float
 
 
 class SentimentEval(BaseModel):
@@ -210,7 +299,13 @@ class SentimentEval(BaseModel):
     """Declined, or below `min_confidence`; still scored (as the agent answered, or wrong if declined)."""
     kept_accuracy: float | None
     """Accuracy on the rows the router would keep; None when it keeps none."""
+    escalated_accuracy: float | None
+    """Accuracy on the rows the router would escalate; None when it escalates none."""
+    escalated_error_ratio: float | None
+    """How many times as often escalated answers are wrong as kept ones (`escalation_split`)."""
     seconds: float
+    references: dict[str, ReferenceSentiment] = {}
+    """Reference models (e.g. VADER) on the same rows, by name."""
 
     def summary(self) -> list[tuple[str, str]]:
         rows = [
@@ -219,10 +314,25 @@ class SentimentEval(BaseModel):
             ("macro-F1", _fmt(self.macro_f1)),
             *((f"F1 {label}", _fmt(f1)) for label, f1 in self.per_class_f1.items()),
             ("ECE", _fmt(self.ece)),
-            (f"escalated (min confidence {_fmt(self.min_confidence, 2)})", _rate(self.escalated, self.rows)),
-            ("accuracy of kept answers", _fmt(self.kept_accuracy)),
+            *_escalation_rows(self, self.rows, self.min_confidence),
         ]
         return [*rows, ("seconds", f"{self.seconds:.1f}")]
+
+    def comparison(self, name: str = "specialist") -> Comparison | None:
+        """Accuracy, macro-F1 and per-class F1 of the specialist (`name`) and each reference; None without
+        references. Only the specialist's confidence is calibrated, so ECE is its alone."""
+        if not self.references:
+            return None
+        models: list[SentimentEval | ReferenceSentiment] = [self, *self.references.values()]
+        classes = sorted({c for m in models for c in m.per_class_f1})
+        rows = [
+            ["accuracy", *(_fmt(m.accuracy) for m in models)],
+            ["macro-F1", *(_fmt(m.macro_f1) for m in models)],
+            *([f"F1 {c}", *(_fmt(m.per_class_f1.get(c)) for m in models)] for c in classes),
+            ["ECE", _fmt(self.ece), *("-" for _ in self.references)],
+            ["seconds", *(f"{m.seconds:.1f}" for m in models)],
+        ]
+        return Comparison(header=["", name, *self.references], rows=rows)
 
 
 class LabelScores(NamedTuple):
@@ -259,17 +369,25 @@ def evaluate_sentiment(
     batch_size: int = BATCH_SIZE,
     show_progress: bool = False,
     progress: Progress | None = None,
+    references: Sequence[Agent] = (),
 ) -> SentimentEval:
-    """`label_scores` of the agent's labels, the ECE of its confidence, and how many answers the router
-    would escalate at `min_confidence` (still scored: a declined row counts as wrong)."""
-    results, seconds = predict_all(
-        agent, [AgentInput(text=r.text) for r in rows], batch_size, show_progress, progress, "sentiment"
-    )
+    """`label_scores` of the agent's labels, the ECE of its confidence, how many answers the router would
+    escalate at `min_confidence` (still scored: a declined row counts as wrong) and the accuracy of kept
+    and escalated answers; each of `references` (e.g. `references.VaderReference`) is scored on the same
+    rows."""
+    items = [AgentInput(text=r.text) for r in rows]
+    results, seconds = predict_all(agent, items, batch_size, show_progress, progress, "sentiment")
     gold = [r.label for r in rows]
-    pred = [r.output.strip().lower() if r.supported else None for r in results]
+    pred = _sentiment_labels(results)
     scores = label_scores(gold, pred)
     correct = np.array([p == g for p, g in zip(pred, gold, strict=True)], dtype=float)
     kept = np.array([not _escalates(r, min_confidence) for r in results], dtype=bool)
+    split = escalation_split(correct, kept)
+    compared = {}
+    for reference in references:
+        ref_results, ref_seconds = predict_all(reference, items, batch_size, show_progress, None)
+        ref = label_scores(gold, _sentiment_labels(ref_results))
+        compared[reference.name] = ReferenceSentiment(**ref._asdict(), seconds=round(ref_seconds, 3))
     return SentimentEval(
         rows=len(rows),
         accuracy=scores.accuracy,
@@ -278,10 +396,17 @@ def evaluate_sentiment(
         confusion=scores.confusion,
         ece=round(expected_calibration_error(np.array([r.confidence for r in results]), correct), 4),
         min_confidence=min_confidence,
-        escalated=int((~kept).sum()),
-        kept_accuracy=round(float(correct[kept].mean()), 4) if kept.any() else None,
+        escalated=split.escalated,
+        kept_accuracy=split.kept_accuracy,
+        escalated_accuracy=split.escalated_accuracy,
+        escalated_error_ratio=split.escalated_error_ratio,
         seconds=round(seconds, 3),
+        references=compared,
     )
+
+
+def _sentiment_labels(results: Sequence[AgentResult]) -> list[str | None]:
+    return [r.output.strip().lower() if r.supported else None for r in results]
 
 
 # --------------------------------------------------------------------------------------------- entities
@@ -360,6 +485,20 @@ def parse_label_map(spec: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def resolve_label_map(spec: str) -> dict[str, tuple[str, ...]]:
+    """A preset name (`LABEL_MAP_PRESETS`, any case) or a "PREDICTED=gold,..." spec (`parse_label_map`);
+    anything else is an error that lists the presets."""
+    preset = LABEL_MAP_PRESETS.get(spec.strip().lower())
+    if preset is not None:
+        return dict(preset)
+    if "=" not in spec:
+        raise ValueError(
+            f"unknown label map {spec!r}: give a preset ({', '.join(sorted(LABEL_MAP_PRESETS))}) "
+            "or a mapping such as PERSON=person,ORG=corporation|group"
+        )
+    return parse_label_map(spec)
+
+
 def map_predictions(
     entities: Iterable[Entity | Span], gold: Iterable[Span], label_map: Mapping[str, tuple[str, ...]]
 ) -> tuple[list[Span], Counter[str]]:
@@ -382,6 +521,17 @@ def map_predictions(
     return mapped, ignored
 
 
+class ReferenceEntities(BaseModel):
+    """A reference model's scores on the specialist's rows, with the same label map."""
+
+    micro: PRF
+    per_label: dict[str, PRF]
+    unlabelled: PRF
+    row_accuracy: float
+    ignored_predictions: int
+    seconds: float
+
+
 class EntityEval(BaseModel):
     rows: int
     gold_entities: int
@@ -397,7 +547,41 @@ class EntityEval(BaseModel):
     unreachable_labels: list[str]
     """Gold labels that no mapped prediction can have: their recall is 0 by construction."""
     label_map: dict[str, list[str]]
+    row_accuracy: float
+    """Rows whose mapped predicted spans equal the gold spans exactly (a row with no gold and no mapped
+    prediction is right): what "the answer was right" means for an extraction, per request."""
+    ece: float
+    """Of the agent's confidence against row correctness."""
+    min_confidence: float | None
+    escalated: int
+    kept_accuracy: float | None
+    """Row accuracy on the rows the router would keep; None when it keeps none."""
+    escalated_accuracy: float | None
+    escalated_error_ratio: float | None
+    """How many times as often escalated rows are wrong as kept ones (`escalation_split`)."""
     seconds: float
+    references: dict[str, ReferenceEntities] = {}
+    """Reference models (e.g. bare spaCy) on the same rows with the same label map, by name."""
+
+    def comparison(self, name: str = "specialist") -> Comparison | None:
+        """Micro P/R/F1, per-label F1, unlabelled span F1 and row accuracy of the specialist (`name`) and
+        each reference; None without references."""
+        if not self.references:
+            return None
+        models: list[EntityEval | ReferenceEntities] = [self, *self.references.values()]
+        labels = sorted({label for m in models for label in m.per_label})
+        empty = prf(0, 0, 0)
+        rows = [
+            ["precision", *(_fmt(m.micro.precision) for m in models)],
+            ["recall", *(_fmt(m.micro.recall) for m in models)],
+            ["F1", *(_fmt(m.micro.f1) for m in models)],
+            *([f"F1 {label}", *(_fmt(m.per_label.get(label, empty).f1) for m in models)] for label in labels),
+            ["unlabelled span F1", *(_fmt(m.unlabelled.f1) for m in models)],
+            ["row accuracy (exact span set)", *(_fmt(m.row_accuracy) for m in models)],
+            ["ignored predictions (no mapping)", *(str(m.ignored_predictions) for m in models)],
+            ["seconds", *(f"{m.seconds:.1f}" for m in models)],
+        ]
+        return Comparison(header=["", name, *self.references], rows=rows)
 
     def summary(self) -> list[tuple[str, str]]:
         m, u = self.micro, self.unlabelled
@@ -423,6 +607,11 @@ class EntityEval(BaseModel):
             if len(targets) > 1:
                 note = f"right if the gold is any of {'|'.join(targets)}; a wrong one counts as {targets[0]}"
                 rows.append((f"{label} (coarser label)", note))
+        rows += [
+            ("row accuracy (exact span set)", _fmt(self.row_accuracy)),
+            ("ECE (rows)", _fmt(self.ece)),
+            *_escalation_rows(self, self.rows, self.min_confidence),
+        ]
         return [*rows, ("seconds", f"{self.seconds:.1f}")]
 
 
@@ -433,40 +622,88 @@ def evaluate_entities(
     batch_size: int = BATCH_SIZE,
     show_progress: bool = False,
     progress: Progress | None = None,
+    min_confidence: float | None = None,
+    references: Sequence[Agent] = (),
 ) -> EntityEval:
     """Exact span+label micro P/R/F1, per-label scores and unlabelled span scores, after mapping the agent's
-    labels to the data's (default `WNUT17_LABEL_MAP`). A declined row predicts nothing."""
+    labels to the data's (default `WNUT17_LABEL_MAP`). A declined row predicts nothing. Per row: exact
+    span-set accuracy, its ECE and its accuracy on kept and escalated rows at `min_confidence`. Each of
+    `references` (e.g. `references.BareSpacyReference`) is scored on the same rows with the same map."""
     mapping = normalise_label_map(WNUT17_LABEL_MAP if label_map is None else label_map)
-    results, seconds = predict_all(
-        agent, [AgentInput(text=r.text) for r in rows], batch_size, show_progress, progress, "entities"
+    items = [AgentInput(text=r.text) for r in rows]
+    results, seconds = predict_all(agent, items, batch_size, show_progress, progress, "entities")
+    scored = _score_entities(rows, results, agent.name, mapping)
+    kept = np.array([not _escalates(r, min_confidence) for r in results], dtype=bool)
+    split = escalation_split(scored.correct, kept)
+    compared = {}
+    for reference in references:
+        ref_results, ref_seconds = predict_all(reference, items, batch_size, show_progress, None)
+        ref = _score_entities(rows, ref_results, reference.name, mapping)
+        compared[reference.name] = ReferenceEntities(
+            micro=ref.labelled.micro,
+            per_label=ref.labelled.per_label,
+            unlabelled=ref.unlabelled,
+            row_accuracy=round(float(ref.correct.mean()), 4) if len(rows) else 0.0,
+            ignored_predictions=sum(ref.ignored.values()),
+            seconds=round(ref_seconds, 3),
+        )
+    gold = [r.entities for r in rows]
+    reachable = {t for targets in mapping.values() for t in targets}
+    confidence = np.array([r.confidence for r in results])
+    return EntityEval(
+        rows=len(rows),
+        gold_entities=scored.labelled.micro.gold,
+        predicted_entities=scored.labelled.micro.predicted,
+        ignored_predictions=sum(scored.ignored.values()),
+        ignored_labels=dict(scored.ignored),
+        micro=scored.labelled.micro,
+        per_label=scored.labelled.per_label,
+        unlabelled=scored.unlabelled,
+        unreachable_labels=sorted({s.label for row in gold for s in row} - reachable),
+        label_map={k: list(v) for k, v in mapping.items()},
+        row_accuracy=round(float(scored.correct.mean()), 4) if len(rows) else 0.0,
+        ece=round(expected_calibration_error(confidence, scored.correct), 4),
+        min_confidence=min_confidence,
+        escalated=split.escalated,
+        kept_accuracy=split.kept_accuracy,
+        escalated_accuracy=split.escalated_accuracy,
+        escalated_error_ratio=split.escalated_error_ratio,
+        seconds=round(seconds, 3),
+        references=compared,
     )
+
+
+class _EntityScores(NamedTuple):
+    labelled: SpanScores
+    unlabelled: PRF
+    correct: np.ndarray
+    """1.0 per row whose mapped predictions equal its gold spans (as multisets), else 0.0."""
+    ignored: Counter[str]
+
+
+def _score_entities(
+    rows: Sequence[EntityRow],
+    results: Sequence[AgentResult],
+    agent: str,
+    mapping: Mapping[str, tuple[str, ...]],
+) -> _EntityScores:
     predicted: list[list[Span]] = []
     ignored: Counter[str] = Counter()
     for row, result in zip(rows, results, strict=True):
         details = result.details
         if result.supported and not isinstance(details, ExtractionOutput):
-            raise AgentError(
-                agent.name, f"answered {type(details).__name__}, not entities (ExtractionOutput)"
-            )
+            raise AgentError(agent, f"answered {type(details).__name__}, not entities (ExtractionOutput)")
         entities = details.entities if isinstance(details, ExtractionOutput) and result.supported else []
         spans, dropped = map_predictions(entities, row.entities, mapping)
         predicted.append(spans)
         ignored += dropped
     gold = [r.entities for r in rows]
-    labelled = span_scores(gold, predicted)
-    reachable = {t for targets in mapping.values() for t in targets}
-    return EntityEval(
-        rows=len(rows),
-        gold_entities=labelled.micro.gold,
-        predicted_entities=labelled.micro.predicted,
-        ignored_predictions=sum(ignored.values()),
-        ignored_labels=dict(ignored),
-        micro=labelled.micro,
-        per_label=labelled.per_label,
+    correct = np.array([Counter(g) == Counter(p) for g, p in zip(gold, predicted, strict=True)], dtype=float)
+    return _EntityScores(
+        labelled=span_scores(gold, predicted),
         unlabelled=span_scores(unlabelled(gold), unlabelled(predicted)).micro,
-        unreachable_labels=sorted({s.label for row in gold for s in row} - reachable),
-        label_map={k: list(v) for k, v in mapping.items()},
-        seconds=round(seconds, 3),
+        correct=correct,
+        ignored=ignored,
     )
 
 
