@@ -33,7 +33,9 @@ def test_conversations_are_separate_and_the_fallback_sees_earlier_turns(router: 
     router.fallback.chat_model.callbacks = [capture]
     try:
         router.invoke({"text": FIRST, "conversation_id": "conv-a"})
-        router.invoke({"text": "What is the best way to grow tomatoes?", "conversation_id": "conv-a"})
+        router.invoke(
+            {"text": "What is the best way to grow tomatoes?", "conversation_id": "conv-a", "route": "other"}
+        )
     finally:
         router.fallback.chat_model.callbacks = None
     assert any("two weeks" in sent for sent in capture.sent[-3:])  # the earlier turn went along

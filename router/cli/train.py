@@ -33,7 +33,7 @@ def train_sentiment(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Output: a directory (model) or .npz (head); default ./sentiment_model or ./sentiment_head.npz."
+            help="A directory (model) or .npz (head); default ./sentiment_model, ./sentiment_head.npz."
         ),
     ] = None,
     epochs: Annotated[float, typer.Option(min=0.05, help="Passes over the training rows (model).")] = 1.0,
@@ -93,8 +93,8 @@ def train_entities(
     dev: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Labelled JSONL scored after training, never fitted on (repeatable); the label map is "
-            "picked by its labels (WNUT-17 or CoNLL-2003 types)."
+            help="Labelled JSONL scored after training (repeatable; cross-fitted if also --calibration); the "
+            "label map is picked by its labels (WNUT-17 or CoNLL-2003 types)."
         ),
     ] = None,
     out: Annotated[
@@ -111,8 +111,9 @@ def train_entities(
     max_rows: Annotated[int, typer.Option(min=0, help="Train on the first N rows only (0: all).")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="torch threads (0 = torch's default).")] = 1,
 ) -> None:
-    """Fine-tune the entity tagger (LoRA on the packaged MiniLM) and calibrate the extraction confidence on
-    held-out rows; reports span F1, ECE and kept/escalated accuracy. Use it with `agents.extract.tagger`."""
+    """Fine-tune the entity tagger (LoRA on the packaged MiniLM) and fit the extraction confidence on rows
+    it did not train on; reports span F1, ECE and kept/escalated accuracy. Use it with
+    `agents.extract.tagger`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slm_router.router.cli.output import err
