@@ -61,6 +61,19 @@ def merge_adapter(base: M, adapter_dir: Path, agent: str) -> M:
     return merged
 
 
+def save_adapter(model: Any, out: Path) -> None:
+    """Write a trained peft model's adapter to `out`. peft also writes a template model card and records
+    the base model's path on the training machine; the adapter is loaded onto whichever base the caller
+    names (`merge_adapter`) and training.json is the card, so both would only mislead."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)
+    config_path = out / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = "all-MiniLM-L6-v2"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 def quantize_int8(model: M) -> M:
     """Dynamic int8 for the linear layers: the usual CPU speed-up for BERT-sized encoders; callers measure
     what it costs in accuracy before making it a default.

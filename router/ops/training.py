@@ -39,8 +39,13 @@ class HeadReport(BaseModel):
     test: dict[str, SplitScore]
 
 
+def text_hash(text: str) -> int:
+    """The first 8 hex digits of the text's SHA-256: a split by it is stable across runs and machines."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
+
+
 def split_of(text: str) -> str:
-    bucket = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 10
+    bucket = text_hash(text) % 10
     return "test" if bucket == 0 else "calibration" if bucket == 1 else "train"
 
 
