@@ -139,9 +139,18 @@ class LanguagePolicy(_Strict):
     native: list[str] = Field(
         default_factory=lambda: ["en"], description="Languages the router embeds as is."
     )
+    non_native: Literal["translate_then_route", "route"] = Field(
+        default="translate_then_route",
+        description="What a message in another language (detected with at least min_detection_confidence) "
+        "gets. translate_then_route: it is translated into the first native language (the local translation "
+        "agent for a pair it has, else the fallback, PII redacted) and that translation is routed and "
+        "answered like a native message; when it cannot be translated it goes to non_native_route. route: "
+        "it goes to non_native_route untranslated.",
+    )
     non_native_route: str | None = Field(
         default="translate",
-        description="Route for messages in other languages; null routes them like any text.",
+        description="Route for messages in other languages (non_native: route), or for those that could not "
+        "be translated (translate_then_route); null routes them like any text.",
     )
     min_detection_confidence: Probability = 0.5
 

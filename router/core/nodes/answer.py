@@ -17,6 +17,7 @@ from slm_router.router.core.budget import refusal
 from slm_router.router.core.components import Components
 from slm_router.router.core.flows import seconds_left
 from slm_router.router.core.intents import as_flow
+from slm_router.router.core.nodes.translate import specialist_input
 from slm_router.router.core.rules import (
     Decision,
     Evidence,
@@ -163,6 +164,7 @@ def _evidence(
             language=state["language"],
             language_confidence=state["language_confidence"],
             forced_route=state["request"].route,
+            translated=state.get("translation") is not None,
             multi_intent=MultiIntentRoute(route=multi.route, reason=multi.describe()) if multi else None,
         ),
         specialist=_outcome(state),
@@ -186,9 +188,10 @@ def _outcome(state: RouterState) -> SpecialistOutcome | None:
 def _run_specialist(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     agent = c.policy.routes[state["decision"].route].agent
     assert agent is not None  # the rules ask only for the specialist of a route with an agent
+    text, language = specialist_input(state, agent)
     item = AgentInput(
-        text=state["text"],
-        language=state["language"],
+        text=text,
+        language=language,
         embedding=state["embedding"],
         params=state["request"].params,
     )
@@ -203,6 +206,8 @@ def _run_specialist(state: RouterState, c: Components) -> tuple[RouterState, Inf
 
 
 def _fallback_call(state: RouterState, c: Components) -> tuple[str, str | None, list[tuple[str, str]], float]:
+    """The message as sent, even when it was translated to be routed: the large model reads its language
+    and answers in it."""
     prompt = c.policy.routes[state["decision"].route].fallback_prompt
     history = [(t.text, t.output) for t in state.get("history") or []]
     return state["text"], prompt, history, state["deadline"]

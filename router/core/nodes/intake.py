@@ -1,4 +1,8 @@
-"""Intake: clean the text and detect its language (guard), then score it against the routes (classify)."""
+"""Intake: clean the text and detect its language (guard), then score it against the routes (classify).
+
+A translated message (router/core/nodes/translate.py) is scored by its translation, as one intent: its
+clauses would be English while the translation agent of a multi-intent step needs the source text.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from slm_router.agents.langid import detect_language
 from slm_router.router.core.components import Components
 from slm_router.router.core.index import RouteScores
 from slm_router.router.core.intents import detect, split_request
+from slm_router.router.core.nodes.translate import routing_text
 from slm_router.router.core.state import Info, RouterState
 from slm_router.router.errors import EmptyInputError, InputTooLargeError
 
@@ -42,10 +47,9 @@ def guard(state: RouterState, c: Components) -> tuple[RouterState, Info]:
 
 def classify(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     policy = c.policy
-    text = state["text"]
-    clauses, payload = (
-        split_request(text) if policy.router.multi_intent and not state["request"].route else ([], text)
-    )
+    text = routing_text(state)
+    split = policy.router.multi_intent and not state["request"].route and not state.get("translation")
+    clauses, payload = split_request(text) if split else ([], text)
     if len(clauses) >= 2 and detect_language(" ".join(clauses))[0] not in (*policy.languages.native, "und"):
         clauses = []  # an instruction in another language: the embedder reads English
     if len(clauses) >= 2:  # the clauses ride along in the request's own forward pass
@@ -77,7 +81,7 @@ def _with_context(state: RouterState, c: Components, scores: RouteScores) -> Rou
     history = state.get("history") or []
     if not history:
         return None
-    text = state["text"]
+    text = routing_text(state)
     alone_ok = not scores.ood and scores.confidence >= c.policy.threshold(scores.top)
     if alone_ok and not FOLLOW_UP.match(text):
         return None

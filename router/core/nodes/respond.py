@@ -13,8 +13,8 @@ from slm_router.router.result import RouteResult
 
 def respond(state: RouterState, c: Components) -> RouterState:
     result = _flow_result(state, c) if state.get("flow_steps") else _route_result(state, c)
-    if c.budget is not None:
-        spent = result.cost if result.escalated else 0.0
+    if c.budget is not None:  # a fallback translation is fallback spend too, escalated or not
+        spent = result.cost if result.escalated else state.get("translation_cost", 0.0)
         c.budget.record(result.escalated, spent)
     turn = Turn(text=state["text"], route=result.route, output=result.output)
     history = [*(state.get("history") or []), turn][-c.policy.memory.turns :]
@@ -35,7 +35,7 @@ def _route_result(state: RouterState, c: Components) -> RouteResult:
     why = state.get("escalation") or Escalation(code=decision.code, reason=decision.reason)
     steps = [*state["trace"]]
     pricing, text = c.policy.pricing, state["text"]
-    cost = answer_cost(pricing, answer, text)
+    cost = answer_cost(pricing, answer, text) + state.get("translation_cost", 0.0)
     if specialist is not None and specialist is not answer:
         cost += answer_cost(pricing, specialist, text)
     return RouteResult(
@@ -50,6 +50,7 @@ def _route_result(state: RouterState, c: Components) -> RouteResult:
         reason=why.reason,
         reason_code=why.code,
         language=state["language"],
+        translation=state.get("translation"),
         degraded=state.get("degraded", False),
         budget_exceeded=state.get("budget_exceeded", False),
         cost=round(cost, 8),
@@ -90,9 +91,14 @@ def _flow_result(state: RouterState, c: Components) -> RouteResult:
         reason=why,
         reason_code=first.code if first else decision.code,
         language=state["language"],
+        translation=state.get("translation"),
         degraded=any(s.error for s in steps),
         budget_exceeded=any(s.budget_exceeded for s in steps),
-        cost=round(sum(answer_cost(c.policy.pricing, s.result, s.text) for s in steps), 8),
+        cost=round(
+            sum(answer_cost(c.policy.pricing, s.result, s.text) for s in steps)
+            + state.get("translation_cost", 0.0),
+            8,
+        ),
         metadata=state["request"].metadata,
         trace=trace,
         total_ms=round(sum(t.ms for t in trace if not t.node.startswith("flow:")) + _stage_ms(steps), 3),
