@@ -22,7 +22,7 @@ import numpy as np
 from slm_router.policies import DEFAULT_POLICY, policy_from_dict
 from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.index import RouteIndex
-from slm_router.router.ops.evaluation import policy_thresholds, read_rows, score
+from slm_router.router.ops.evaluation import policy_ood_threshold, policy_thresholds, read_rows, score
 from slm_router.router.ops.learning import Example, compare
 from slm_router.router.ops.tuning import OOD, Target, escalated, evaluate
 
@@ -58,8 +58,8 @@ def main() -> None:
     texts, routes = zip(*traffic, strict=True)
     seen = score(list(texts), list(routes), policy, index, embedder)
     thresholds = policy_thresholds(policy, seen.routes)
-    on_traffic = evaluate(seen, thresholds, policy.router.ood_threshold, Target("max_escalation", 1.0))
-    sent_on = escalated(seen, thresholds, policy.router.ood_threshold)
+    on_traffic = evaluate(seen, thresholds, policy_ood_threshold(policy, seen), Target("max_escalation", 1.0))
+    sent_on = escalated(seen, thresholds, policy_ood_threshold(policy, seen))
     picked = [traffic[i] for i in np.flatnonzero(sent_on & (seen.labels != OOD))]
     random_rows = random.Random(0).sample(traffic, len(picked))
     heldout = read_rows(args.data / "clinc150_val.jsonl")

@@ -21,7 +21,14 @@ import yaml
 from slm_router.policies import DEFAULT_POLICY, policy_from_dict
 from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.index import RouteIndex
-from slm_router.router.ops.evaluation import policy_thresholds, read_rows, report, score, split
+from slm_router.router.ops.evaluation import (
+    policy_ood_threshold,
+    policy_thresholds,
+    read_rows,
+    report,
+    score,
+    split,
+)
 from slm_router.router.ops.report import plot_confusion, plot_curve, plot_reliability
 from slm_router.router.ops.tuning import Target, evaluate, tune
 
@@ -71,10 +78,12 @@ def main() -> None:
     result = tune(tuning, target)
     tune_s = time.perf_counter() - start
     on_report = evaluate(held, result.chosen.thresholds, result.chosen.ood_threshold, target)
-    baseline = evaluate(held, policy_thresholds(policy, held.routes), policy.router.ood_threshold, target)
+    baseline = evaluate(
+        held, policy_thresholds(policy, held.routes), policy_ood_threshold(policy, held), target
+    )
     RESULTS.mkdir(exist_ok=True)
     before_on_tuning = evaluate(
-        tuning, policy_thresholds(policy, tuning.routes), policy.router.ood_threshold, target
+        tuning, policy_thresholds(policy, tuning.routes), policy_ood_threshold(policy, tuning), target
     )
     plot_curve(result, before_on_tuning, RESULTS / "clinc_curve.png")  # the curve is on the tuning split
     plot_confusion(data, RESULTS / "clinc_confusion.png")

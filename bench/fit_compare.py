@@ -41,7 +41,7 @@ from semantic_router.routers import SemanticRouter
 from slm_router.policies import DEFAULT_POLICY, policy_from_dict
 from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.index import RouteIndex, load_utterances
-from slm_router.router.ops.evaluation import policy_thresholds, read_rows, score, split
+from slm_router.router.ops.evaluation import policy_ood_threshold, policy_thresholds, read_rows, score, split
 from slm_router.router.ops.tuning import OOD, ScoredSet, Target, evaluate, tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,11 +130,11 @@ class MemoLocalIndex(LocalIndex):
 
 def split_rows(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of router.evaluation.split's tuning and report halves (it returns scores, not rows):
-    the split only looks at labels, so splitting a set whose `max_sim` is the row number recovers them."""
+    the split only looks at labels, so splitting a set whose `in_scope` is the row number recovers them."""
     n = len(labels)
     probe = ScoredSet(["_"], np.zeros((n, 1)), np.arange(n, dtype=float), labels, np.ones(1, dtype=bool))
     tuning, held = split(probe)
-    return tuning.max_sim.astype(int), held.max_sim.astype(int)
+    return tuning.in_scope.astype(int), held.in_scope.astype(int)
 
 
 def slm_predictions(data: ScoredSet, thresholds: dict[str, float], ood_threshold: float) -> list[str | None]:
@@ -143,7 +143,7 @@ def slm_predictions(data: ScoredSet, thresholds: dict[str, float], ood_threshold
     pred = data.probs.argmax(axis=1)
     conf = data.probs.max(axis=1)
     t = np.array([thresholds.get(r, 0.0) for r in data.routes])
-    escalated = (data.max_sim < ood_threshold) | ~data.servable[pred] | (conf < t[pred])
+    escalated = (data.in_scope < ood_threshold) | ~data.servable[pred] | (conf < t[pred])
     point = evaluate(data, thresholds, ood_threshold, Target("max_escalation", 1.0))
     if abs(point.escalation_rate - float(escalated.mean())) > 1e-12:
         raise RuntimeError("this copy of the decision rule no longer matches router/ops/tuning.py evaluate")
@@ -296,7 +296,7 @@ def main() -> None:
 
     tuning, held = split(data)
     report_truth = [truth[i] for i in rows[1]]
-    before = slm_predictions(held, policy_thresholds(policy, held.routes), policy.router.ood_threshold)
+    before = slm_predictions(held, policy_thresholds(policy, held.routes), policy_ood_threshold(policy, held))
     slm: dict[str, Any] = {
         "index_build_s": round(index_build_s, 2),
         "scoring_s": round(scoring_s, 1),

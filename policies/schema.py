@@ -123,11 +123,34 @@ class RouterConfig(_Strict):
         default=None,
         description="sentence-transformers model: local dir or hub name; null = packaged all-MiniLM-L6-v2.",
     )
-    top_k: int = Field(default=5, ge=1, le=50, description="Neighbours averaged per route for its score.")
+    classifier: Literal["auto", "linear", "knn"] = Field(
+        default="auto",
+        description="How routes are scored: `linear` = a calibrated logistic-regression head with an "
+        "out-of-scope test (best with many examples); `knn` = mean similarity of the nearest examples "
+        "(tiny route sets); `auto` = linear when every route has at least `linear_min_examples`.",
+    )
+    linear_min_examples: int = Field(
+        default=20,
+        ge=2,
+        description="Examples every route needs before `auto` picks the linear head (below it kNN did "
+        "better on the packaged routes).",
+    )
+    linear_c: float = Field(
+        default=10.0, gt=0, description="Inverse regularisation strength of the linear head (scikit-learn C)."
+    )
+    top_k: int = Field(
+        default=5, ge=1, le=50, description="knn: neighbours averaged per route for its score."
+    )
     default_threshold: Probability = 0.5
     default_margin: Probability = 0.0
     ood_threshold: Probability = Field(
-        default=0.3, description="Best cosine similarity below this marks the request out of distribution."
+        default=0.3,
+        description="knn: best cosine similarity below this marks the request out of distribution.",
+    )
+    ood_false_alarm: Probability = Field(
+        default=0.02,
+        description="linear: out of scope when fewer than this share of held-out route examples look as "
+        "unusual; about this share of in-scope requests is flagged, whatever the out-of-scope share.",
     )
     ood_route: str = Field(default="other", description="Route that takes out-of-distribution requests.")
     multi_intent: bool = Field(

@@ -264,11 +264,20 @@ class Router(Runnable[RouterInput, RouteResult]):
     def explain(self, text: str, neighbours: int = 5) -> Explanation:
         """Scores per route, nearest examples and the decision, without calling any agent."""
         routing = self.decide_many([text])[0]
+        nearest = self.index.nearest(routing.vector, neighbours)
+        scores = routing.scores
+        if not scores.similarities:  # the linear head does not need them; explain shows them anyway
+            scores = scores.model_copy(
+                update={
+                    "similarities": self.index.route_similarities(routing.vector),
+                    "max_similarity": nearest[0].similarity if nearest else None,
+                }
+            )
         return Explanation(
             text=routing.text,
             language=routing.language,
-            scores=routing.scores,
-            nearest=self.index.nearest(routing.vector, neighbours),
+            scores=scores,
+            nearest=nearest,
             decision=routing.decision.action,
             route=routing.decision.route,
             reason=routing.decision.reason,

@@ -47,7 +47,10 @@ def test_report_and_tuned_policy(router: Router, data_file: Path, tmp_path: Path
     assert len(tuning.labels) == len(held.labels) == 20
     tuned = tune(tuning, Target("max_escalation", 0.6), min_support=2)
     assert tuned.chosen.escalation_rate <= 0.6
-    policy = policy_from_dict(tuned_policy(router.policy, tuned), base_dir=DEFAULT_POLICY.parent)
+    policy = policy_from_dict(
+        tuned_policy(router.policy, tuned, data.ood_key), base_dir=DEFAULT_POLICY.parent
+    )
+    assert data.ood_key == "ood_threshold"  # the packaged routes are few enough for kNN
     assert policy.router.ood_threshold == pytest.approx(tuned.chosen.ood_threshold, abs=1e-4)
     out = tmp_path / "curve.png"
     plot_curve(tuned, evaluate(tuning, {}, 0.0, Target("max_escalation", 1)), out)

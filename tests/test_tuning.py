@@ -20,8 +20,8 @@ def synthetic(n: int, seed: int, oos_share: float = 0.1) -> ScoredSet:
     labels = np.where(correct, pred, (pred + 1 + rng.integers(0, 3, n)) % len(ROUTES))
     oos = rng.random(n) < oos_share
     labels = np.where(oos, OOD, labels)
-    max_sim = np.where(oos, rng.uniform(0.1, 0.45, n), rng.uniform(0.3, 0.9, n))
-    return ScoredSet(ROUTES, probs, max_sim, labels, SERVABLE)
+    in_scope = np.where(oos, rng.uniform(0.1, 0.45, n), rng.uniform(0.3, 0.9, n))
+    return ScoredSet(ROUTES, probs, in_scope, labels, SERVABLE)
 
 
 def test_max_escalation_is_met_and_holds_on_a_report_split() -> None:
@@ -56,7 +56,7 @@ def test_budget_keeps_cost_within_it() -> None:
 
 def test_all_correct_data_escalates_nothing_it_does_not_have_to() -> None:
     data = synthetic(1000, 4, oos_share=0.0)
-    perfect = ScoredSet(ROUTES, data.probs, data.max_sim, data.probs.argmax(axis=1), SERVABLE)
+    perfect = ScoredSet(ROUTES, data.probs, data.in_scope, data.probs.argmax(axis=1), SERVABLE)
     chosen = tune(perfect, Target("max_escalation", 0.35)).chosen  # ~25% predict `other`, always escalated
     assert chosen.routed_accuracy == 1.0
     assert chosen.escalation_rate == pytest.approx(float((~SERVABLE[perfect.labels]).mean()))

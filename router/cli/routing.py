@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slm_router.router.cli.options import PolicyOpt, load_router
@@ -40,10 +41,23 @@ def _result_rows(result: RouteResult) -> list[tuple[str, str]]:
         ("escalated", escalated + ("  [red](degraded)[/]" if result.degraded else "")),
         ("reason", result.reason),
         ("language", result.language),
+        *_translation_row(result),
         (
             "latency",
             " ".join(f"{s.node}={s.ms:.0f}ms" for s in result.trace) + f"  total={result.total_ms:.0f}ms",
         ),
+    ]
+
+
+def _translation_row(result: RouteResult) -> list[tuple[str, str]]:
+    """What the message was routed by when it was translated first: a route that looks wrong for the
+    message often reads right for its translation. Escaped: the text may hold `[...]`, which rich reads
+    as markup."""
+    t = result.translation
+    if t is None:
+        return []
+    return [
+        ("translation", f"{t.source_language} → {t.target_language} by {t.translated_by}: {escape(t.text)}")
     ]
 
 
@@ -109,13 +123,16 @@ def explain(
         near.add_row(n.route, f"{n.similarity:.3f}", n.text)
     console.print(near)
     cal = exp.calibration
-    console.print(
-        f"language: {exp.language}   margin: {exp.scores.margin:.3f}   "
-        f"max similarity: {exp.scores.max_similarity:.3f} (OOD below {router.policy.router.ood_threshold})"
+    settings = router.policy.router
+    ood = (
+        f"in-scope p {exp.scores.in_scope_p:.4f} (out of scope below {settings.ood_false_alarm})"
+        if exp.scores.in_scope_p is not None
+        else f"max similarity {exp.scores.max_similarity:.3f} (out of scope below {settings.ood_threshold})"
     )
+    console.print(f"language: {exp.language}   margin: {exp.scores.margin:.3f}   {ood}")
     console.print(
-        f"calibration: temperature {cal.temperature:.4f}, leave-one-out accuracy {cal.loo_accuracy:.3f}, "
-        f"ECE {cal.ece:.3f} on {cal.examples} examples"
+        f"calibration: temperature {cal.temperature:.4f} ({cal.classifier}), {cal.held_out} accuracy "
+        f"{cal.held_out_accuracy:.3f}, ECE {cal.ece:.3f} on {cal.examples} examples"
     )
     console.print(f"[bold]decision:[/] {exp.decision} -> {exp.route}   [bold]because[/] {exp.reason}")
 

@@ -1,30 +1,41 @@
-"""Routes defined by example utterances: a kNN index over their embeddings, scored and calibrated."""
+"""Routes defined by example utterances: their embeddings, scored by a trained linear head (with an
+out-of-scope test) or, for tiny route sets, by the nearest examples; both calibrated."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from slm_router.policies import Policy, PolicyError
 from slm_router.router.core.calibration import expected_calibration_error, fit_temperature, softmax
-from slm_router.router.core.embedder import Embedder
+from slm_router.router.core.embedder import Embedder, cache_dir
+from slm_router.router.core.head import HeadSettings, RouteHead, fit_cached
+
+Classifier = Literal["linear", "knn"]
 
 
 class RouteScores(BaseModel):
     """Everything the decision needs about one request, and what `explain` shows."""
 
-    similarities: dict[str, float]
+    classifier: Classifier = "knn"
     probabilities: dict[str, float]
     top: str
     confidence: float
     runner_up: str | None
     margin: float
-    max_similarity: float
     ood: bool
+    in_scope_p: float | None = Field(
+        default=None, description="linear: share of held-out route examples that look at least as unusual"
+    )
+    max_similarity: float | None = Field(default=None, description="knn: best cosine similarity")
+    similarities: dict[str, float] = Field(
+        default_factory=dict, description="knn: each route's mean similarity of its nearest examples"
+    )
 
 
 class Neighbour(BaseModel):
@@ -34,9 +45,11 @@ class Neighbour(BaseModel):
 
 
 class CalibrationReport(BaseModel):
+    classifier: Classifier
     temperature: float
     examples: int
-    loo_accuracy: float
+    held_out: str = Field(description="how the held-out scores were made: leave-one-out or k-fold")
+    held_out_accuracy: float
     ece: float
 
 
@@ -73,10 +86,13 @@ def _read_examples(path: Path, field: str) -> list[str]:
 
 
 class RouteIndex:
-    """kNN scoring: a route's score is the mean cosine similarity of its `top_k` nearest examples.
+    """The route examples' embeddings and the scorer the policy chose.
 
-    kNN (rather than centroids) keeps routes with varied phrasings intact; the leave-one-out scores of the
-    examples themselves give held-out data for the temperature, so no extra labelled set is needed.
+    The linear head (router/core/head.py) is the default once every route has enough examples: it routes
+    about 5 points more accurately than kNN on CLINC150 and has an out-of-scope test that holds when the
+    share of out-of-scope traffic changes. kNN (a route's score is the mean cosine similarity of its
+    `top_k` nearest examples) serves tiny route sets, and `explain` always shows the nearest examples; the
+    leave-one-out scores of the examples give it held-out data for its temperature.
     """
 
     def __init__(
@@ -86,6 +102,10 @@ class RouteIndex:
         top_k: int,
         ood_threshold: float,
         ood_route: str,
+        classifier: Literal["auto", "linear", "knn"] = "knn",
+        linear_min_examples: int = 20,
+        ood_false_alarm: float = 0.02,
+        head_settings: HeadSettings | None = None,
     ) -> None:
         self.routes = list(utterances)
         self.texts = [t for r in self.routes for t in utterances[r]]
@@ -97,21 +117,46 @@ class RouteIndex:
         ]
         self.top_k = top_k
         self.ood_threshold = ood_threshold
+        self.ood_false_alarm = ood_false_alarm
         self.ood_route = ood_route
         self.vectors = embedder.encode_cached(self.texts, "routes")  # the slow part of start-up
-        self.calibration = self._calibrate()
+        self.classifier: Classifier = _pick(classifier, utterances, linear_min_examples)
+        self.head: RouteHead | None = None
+        if self.classifier == "linear":
+            in_scope = np.array([r != ood_route for r in self.routes])
+            try:
+                self.head = fit_cached(
+                    self.vectors, self.labels, in_scope, head_settings or HeadSettings(), cache_dir()
+                )
+            except ValueError as exc:
+                raise PolicyError("router.classifier", [f"router.classifier: linear: {exc}"]) from exc
+            self.calibration = CalibrationReport(
+                classifier="linear",
+                temperature=self.head.temperature,
+                examples=len(self.labels),
+                held_out=f"{self.head.report.folds}-fold",
+                held_out_accuracy=self.head.report.held_out_accuracy,
+                ece=self.head.report.ece,
+            )
+        else:
+            self.calibration = self._calibrate_knn()
 
     @classmethod
     def from_policy(cls, policy: Policy, embedder: Embedder) -> RouteIndex:
+        settings = policy.router
         return cls(
             load_utterances(policy),
             embedder,
-            policy.router.top_k,
-            policy.router.ood_threshold,
-            policy.router.ood_route,
+            settings.top_k,
+            settings.ood_threshold,
+            settings.ood_route,
+            classifier=settings.classifier,
+            linear_min_examples=settings.linear_min_examples,
+            ood_false_alarm=settings.ood_false_alarm,
+            head_settings=HeadSettings(c=settings.linear_c),
         )
 
-    def _route_scores(self, sims: np.ndarray) -> np.ndarray:
+    def knn_scores(self, sims: np.ndarray) -> np.ndarray:
         """sims: (n, N) similarities to all examples -> (n, R) route scores."""
         out = np.empty((sims.shape[0], len(self.routes)), dtype=np.float32)
         for r, columns in enumerate(self._blocks):
@@ -121,44 +166,67 @@ class RouteIndex:
             out[:, r] = np.where(np.isfinite(top), top, 0.0).mean(axis=1)
         return out
 
-    def _calibrate(self) -> CalibrationReport:
+    def _calibrate_knn(self) -> CalibrationReport:
         sims = self.vectors @ self.vectors.T
         np.fill_diagonal(sims, -np.inf)
-        scores = self._route_scores(sims)
+        scores = self.knn_scores(sims)
         self.temperature = fit_temperature(scores, self.labels)
         probs = softmax(scores, self.temperature)
         correct = (probs.argmax(axis=1) == self.labels).astype(float)
         return CalibrationReport(
+            classifier="knn",
             temperature=self.temperature,
             examples=len(self.labels),
-            loo_accuracy=float(correct.mean()),
+            held_out="leave-one-out",
+            held_out_accuracy=float(correct.mean()),
             ece=expected_calibration_error(probs.max(axis=1), correct),
         )
 
     def score_many(self, vectors: np.ndarray) -> list[RouteScores]:
+        if self.head is not None:
+            probs, in_scope_p = self.head.predict(vectors)
+            return [
+                self._summarise(probs[i], ood=bool(in_scope_p[i] < self.ood_false_alarm)).model_copy(
+                    update={"classifier": "linear", "in_scope_p": round(float(in_scope_p[i]), 4)}
+                )
+                for i in range(len(vectors))
+            ]
         sims = vectors @ self.vectors.T
-        scores = self._route_scores(sims)
+        scores = self.knn_scores(sims)
         probs = softmax(scores, self.temperature)
         max_sims = sims.max(axis=1)
-        return [self._summarise(scores[i], probs[i], float(max_sims[i])) for i in range(len(vectors))]
+        return [
+            self._summarise(probs[i], ood=bool(max_sims[i] < self.ood_threshold)).model_copy(
+                update={
+                    "max_similarity": float(max_sims[i]),
+                    "similarities": {
+                        r: round(float(v), 4) for r, v in zip(self.routes, scores[i], strict=True)
+                    },
+                }
+            )
+            for i in range(len(vectors))
+        ]
 
     def score(self, vector: np.ndarray) -> RouteScores:
         return self.score_many(vector[None, :])[0]
 
-    def _summarise(self, scores: np.ndarray, probs: np.ndarray, max_sim: float) -> RouteScores:
+    def _summarise(self, probs: np.ndarray, ood: bool) -> RouteScores:
         order = np.argsort(-probs)
         top = int(order[0])
         second = int(order[1]) if len(order) > 1 else None
         return RouteScores(
-            similarities={r: round(float(s), 4) for r, s in zip(self.routes, scores, strict=True)},
             probabilities={r: round(float(p), 4) for r, p in zip(self.routes, probs, strict=True)},
             top=self.routes[top],
             confidence=float(probs[top]),
             runner_up=self.routes[second] if second is not None else None,
             margin=float(probs[top] - (probs[second] if second is not None else 0.0)),
-            max_similarity=max_sim,
-            ood=max_sim < self.ood_threshold,
+            ood=ood,
         )
+
+    def route_similarities(self, vector: np.ndarray) -> dict[str, float]:
+        """Each route's kNN score, whatever the scorer: what `explain` shows beside the nearest examples."""
+        scores = self.knn_scores((self.vectors @ vector)[None, :])[0]
+        return {r: round(float(v), 4) for r, v in zip(self.routes, scores, strict=True)}
 
     def example_counts(self) -> dict[str, int]:
         return {route: int((self.labels == i).sum()) for i, route in enumerate(self.routes)}
@@ -172,3 +240,12 @@ class RouteIndex:
             )
             for i in idx
         ]
+
+
+def _pick(
+    classifier: Literal["auto", "linear", "knn"], utterances: dict[str, list[str]], min_examples: int
+) -> Classifier:
+    if classifier != "auto":
+        return classifier
+    enough = len(utterances) >= 2 and min(len(v) for v in utterances.values()) >= min_examples
+    return "linear" if enough else "knn"

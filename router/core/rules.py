@@ -83,13 +83,7 @@ def decide(
         )
 
     if scores.ood:
-        return _serve(
-            policy.router.ood_route,
-            policy,
-            "ood",
-            f"out of distribution: best similarity {scores.max_similarity:.4g} "
-            f"< {policy.router.ood_threshold:.4g}",
-        )
+        return _serve(policy.router.ood_route, policy, "ood", _out_of_scope(scores, policy))
 
     route = scores.top
     threshold = policy.threshold(route)
@@ -114,6 +108,16 @@ def decide(
         "confident",
         f"confidence {scores.confidence:.4g} >= threshold {threshold:.4g} for route {route}",
     )
+
+
+def _out_of_scope(scores: RouteScores, policy: Policy) -> str:
+    if scores.in_scope_p is not None:
+        return (
+            f"out of scope: {scores.in_scope_p:.2%} of held-out route examples look this unusual "
+            f"< {policy.router.ood_false_alarm:.4g}"
+        )
+    best, threshold = scores.max_similarity, policy.router.ood_threshold
+    return f"out of distribution: best similarity {best:.4g} < {threshold:.4g}"
 
 
 def _serve(route: str, policy: Policy, code: ReasonCode, why: str) -> Decision:

@@ -64,11 +64,20 @@ def score(
     probs = np.array([[s.probabilities[r] for r in index.routes] for s in scored])
     labels = np.array([OOD if r.lower() in OOS_LABELS else index.routes.index(r) for r in routes])
     servable = np.array([r != policy.router.ood_route for r in index.routes])
-    return ScoredSet(index.routes, probs, np.array([s.max_similarity for s in scored]), labels, servable)
+    if index.classifier == "linear":
+        signal = np.array([s.in_scope_p for s in scored], dtype=float)
+        return ScoredSet(index.routes, probs, signal, labels, servable, ood_key="ood_false_alarm")
+    signal = np.array([s.max_similarity for s in scored], dtype=float)
+    return ScoredSet(index.routes, probs, signal, labels, servable, ood_key="ood_threshold")
 
 
 def policy_thresholds(policy: Policy, routes: list[str]) -> dict[str, float]:
     return {r: policy.threshold(r) for r in routes}
+
+
+def policy_ood_threshold(policy: Policy, data: ScoredSet) -> float:
+    """The policy's threshold on the signal `data` was scored with (kNN similarity or linear p-value)."""
+    return float(getattr(policy.router, data.ood_key))
 
 
 def escalation_reasons(
@@ -77,7 +86,7 @@ def escalation_reasons(
     """Share of all rows escalated for each reason, checked in the order the router checks them."""
     pred = data.probs.argmax(axis=1)
     t = np.array([thresholds.get(r, 0.0) for r in data.routes])
-    ood = data.max_sim < ood_threshold
+    ood = data.in_scope < ood_threshold
     fallback_route = ~ood & ~data.servable[pred]
     low = ~ood & ~fallback_route & (data.probs.max(axis=1) < t[pred])
     shares = {"ood": ood.mean(), "fallback_route": fallback_route.mean(), "low_confidence": low.mean()}
@@ -86,7 +95,8 @@ def escalation_reasons(
 
 def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
     thresholds = policy_thresholds(policy, data.routes)
-    point = evaluate(data, thresholds, policy.router.ood_threshold, Target("max_escalation", 1))
+    ood_threshold = policy_ood_threshold(policy, data)
+    point = evaluate(data, thresholds, ood_threshold, Target("max_escalation", 1))
     pred = data.probs.argmax(axis=1)
     in_scope = data.labels != OOD
     correct = pred == data.labels
@@ -112,7 +122,7 @@ def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
         ece=round(
             expected_calibration_error(data.probs.max(axis=1)[in_scope], correct[in_scope].astype(float)), 4
         ),
-        escalation_rate_by_reason=escalation_reasons(data, thresholds, policy.router.ood_threshold),
+        escalation_rate_by_reason=escalation_reasons(data, thresholds, ood_threshold),
         per_route=per_route,
     )
     return result, point
@@ -130,14 +140,16 @@ def split(data: ScoredSet, seed: int = 0, tuning_share: float = 0.5) -> tuple[Sc
 
 
 def _subset(data: ScoredSet, mask: np.ndarray) -> ScoredSet:
-    return ScoredSet(data.routes, data.probs[mask], data.max_sim[mask], data.labels[mask], data.servable)
+    return ScoredSet(
+        data.routes, data.probs[mask], data.in_scope[mask], data.labels[mask], data.servable, data.ood_key
+    )
 
 
-def tuned_policy(policy: Policy, result: TuningResult) -> dict[str, object]:
+def tuned_policy(policy: Policy, result: TuningResult, ood_key: str) -> dict[str, object]:
     """The policy as YAML-ready data with the chosen thresholds; its example files become absolute paths, so
     the new file can live anywhere."""
     data = policy.portable_data()
     for route, value in result.chosen.thresholds.items():
         data["routes"][route]["threshold"] = round(value, 4)
-    data["router"]["ood_threshold"] = round(result.chosen.ood_threshold, 4)
+    data["router"][ood_key] = round(result.chosen.ood_threshold, 4)
     return data

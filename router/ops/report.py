@@ -207,10 +207,12 @@ def plot_reliability(data: ScoredSet, ece: float, out: Path, bins: int = 10) -> 
 
 
 def plot_curve(result: TuningResult, baseline: Operating, out: Path) -> None:
-    """Quality vs share escalated, with the chosen point and the policy before tuning marked."""
-    xs, ys = zip(*result.curve, strict=True)
+    """Quality vs share escalated, with the chosen point and the policy before tuning marked; one curve per
+    out-of-scope share the result was computed at (the file's and, if given, the expected one)."""
     fig, ax = _figure()
-    ax.plot([x * 100 for x in xs], ys, label="tuned thresholds")
+    for label, curve in (result.curves or {"tuned thresholds": result.curve}).items():
+        xs, ys = zip(*curve, strict=True)
+        ax.plot([x * 100 for x in xs], ys, label=label)
     chosen = result.chosen
     ax.scatter([chosen.escalation_rate * 100], [chosen.quality], color="red", zorder=3, label="chosen")
     ax.scatter(

@@ -68,7 +68,9 @@ def classify(state: RouterState, c: Components) -> tuple[RouterState, Info]:
         "top": scores.top,
         "confidence": round(scores.confidence, 4),
         "margin": round(scores.margin, 4),
-        "max_similarity": round(scores.max_similarity, 4),
+        "classifier": scores.classifier,
+        "in_scope_p": scores.in_scope_p,
+        "max_similarity": None if scores.max_similarity is None else round(scores.max_similarity, 4),
         "ood": scores.ood,
         "probabilities": scores.probabilities,
     }
