@@ -90,3 +90,49 @@ def test_hull_slopes_are_non_increasing_and_sum_to_the_errors() -> None:
     slopes = _hull_slopes(errors)
     assert np.all(np.diff(slopes) <= 1e-12)
     assert slopes.sum() == pytest.approx(errors.sum())
+
+
+def test_false_escalation_target_holds_when_the_out_of_scope_share_moves() -> None:
+    """Tuned where 5% is out of scope, measured where 30% is: the in-scope share escalated stays put,
+    while an escalation-rate target would not."""
+    tuning, live = synthetic(6000, 7, oos_share=0.05), synthetic(6000, 8, oos_share=0.3)
+    target = Target("max_false_escalation", 0.4)  # ~26% predict `other`, which only the fallback serves
+    chosen = tune(tuning, target).chosen
+    assert chosen.in_scope_false_escalation is not None and chosen.in_scope_false_escalation <= 0.4 + 1e-9
+    held = evaluate(live, chosen.thresholds, chosen.ood_threshold, target)
+    assert held.in_scope_false_escalation is not None
+    assert abs(held.in_scope_false_escalation - chosen.in_scope_false_escalation) <= 0.03
+    rate = tune(tuning, Target("max_escalation", 0.4)).chosen
+    drifted = evaluate(live, rate.thresholds, rate.ood_threshold, target)
+    assert drifted.escalation_rate > 0.4 + 0.05  # the rate target is blind to the share it will meet
+
+
+def test_min_oos_recall_escalates_enough_out_of_scope_and_little_else() -> None:
+    data = synthetic(6000, 9, oos_share=0.2)
+    loose, strict = (tune(data, Target("min_oos_recall", v)).chosen for v in (0.5, 0.9))
+    assert loose.oos_recall is not None and loose.oos_recall >= 0.5 - 1e-9
+    assert strict.oos_recall is not None and strict.oos_recall >= 0.9 - 1e-9
+    assert loose.in_scope_false_escalation is not None and strict.in_scope_false_escalation is not None
+    assert loose.in_scope_false_escalation <= strict.in_scope_false_escalation
+    with pytest.raises(TuningError, match="needs out-of-scope rows"):
+        tune(synthetic(500, 10, oos_share=0.0), Target("min_oos_recall", 0.5))
+
+
+def test_expected_oos_share_reweights_the_escalation_target_and_draws_both_curves() -> None:
+    tuning, live = synthetic(6000, 11, oos_share=0.05), synthetic(20000, 12, oos_share=0.3)
+    target = Target("max_escalation", 0.4, oos_share=0.3)
+    result = tune(tuning, target)
+    assert result.chosen.escalation_rate <= 0.4 + 1e-9  # at the expected share
+    measured = evaluate(
+        live, result.chosen.thresholds, result.chosen.ood_threshold, Target("max_escalation", 1)
+    )
+    assert abs(measured.escalation_rate - 0.4) <= 0.04  # what the live traffic then sees
+    assert len(result.curves) == 2 and any("30%" in label for label in result.curves)
+    with pytest.raises(TuningError, match="cannot reweight"):
+        tune(synthetic(500, 13, oos_share=0.0), Target("max_escalation", 0.4, oos_share=0.2))
+
+
+def test_hull_slopes_with_costs_put_free_gains_first() -> None:
+    slopes = _hull_slopes(np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0]))
+    assert slopes[0] == slopes[1] and slopes[1] >= slopes[2]
+    assert np.isinf(_hull_slopes(np.array([1.0]), np.array([0.0]))[0])
