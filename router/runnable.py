@@ -22,14 +22,24 @@ from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.graph import build_graph
 from slm_router.router.core.index import CalibrationReport, Neighbour, RouteScores
 from slm_router.router.core.nodes import normalise
+from slm_router.router.core.nodes.translate import (
+    LocalTranslation,
+    needs_translation,
+    translate_locally,
+    untranslatable,
+)
 from slm_router.router.core.rules import Decision, decide
 from slm_router.router.core.state import GraphInput, GraphOutput, fresh_state
 from slm_router.router.errors import InvalidEncodingError, InvalidInputError
-from slm_router.router.result import RouteRequest, RouteResult, validation_problems
+from slm_router.router.result import RouteRequest, RouteResult, Translation, validation_problems
 
 log = logging.getLogger("slm_router")
 
 RouterInput = str | bytes | RouteRequest | dict[str, Any]
+
+NO_FALLBACK = "explain does not ask the fallback"
+"""Why `decide_many` routes untranslated a message that the graph could send to the fallback to translate:
+explaining and benchmarking spend no fallback budget and give the same answer each time."""
 
 
 class RouteEvent(BaseModel):
@@ -51,6 +61,7 @@ class Routing(BaseModel):
     language_confidence: float
     scores: RouteScores
     decision: Decision
+    translation: Translation | None = None
     vector: np.ndarray = Field(exclude=True)
 
 
@@ -63,6 +74,7 @@ class Explanation(BaseModel):
     route: str
     reason: str
     calibration: CalibrationReport
+    translation: Translation | None = None
 
 
 def _events(node: str, change: dict[str, Any]) -> list[RouteEvent]:
@@ -223,14 +235,20 @@ class Router(Runnable[RouterInput, RouteResult]):
         state = cast(GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=config))
         return self._finish(request, tenant, state)
 
-    def decide_many(self, texts: list[str]) -> list[Routing]:
-        """Guard, classify and decide for many texts in one embedding batch; no agent is called.
+    def decide_many(self, texts: list[str], translate: bool = True) -> list[Routing]:
+        """Guard, translate, classify and decide for many texts in one embedding batch; no specialist or
+        fallback is called. This is the router alone, for evaluation and `explain`: the decision the graph
+        makes, the same messages translated (`translate`; False routes every text as sent).
 
-        This is the router alone, for evaluation and `explain`: the same decision the graph makes.
+        Only the local agent translates here (`NO_FALLBACK`): a message it cannot translate keeps the
+        language decision, and the reason says why.
         """
         clean = [normalise(t, self.policy.limits.max_chars) for t in texts]
         languages = [detect_language(t) for t in clean]
-        vectors = self.embedder.encode(clean)
+        local = self._translate_locally(clean, languages) if translate else {}
+        translations = [local[i].translation if i in local else None for i in range(len(clean))]
+        routed = [t if tr is None else tr.text for t, tr in zip(clean, translations, strict=True)]
+        vectors = self.embedder.encode(routed)
         return [
             Routing(
                 text=t,
@@ -238,12 +256,45 @@ class Router(Runnable[RouterInput, RouteResult]):
                 language_confidence=conf,
                 scores=scores,
                 vector=vec,
-                decision=decide(scores, self.policy, lang, conf),
+                decision=self._decide(scores, lang, conf, local.get(i)),
+                translation=translation,
             )
-            for t, (lang, conf), scores, vec in zip(
-                clean, languages, self.index.score_many(vectors), vectors, strict=True
+            for i, (t, (lang, conf), scores, vec, translation) in enumerate(
+                zip(clean, languages, self.index.score_many(vectors), vectors, translations, strict=True)
             )
         ]
+
+    def _translate_locally(
+        self, texts: list[str], languages: list[tuple[str, float]]
+    ) -> dict[int, LocalTranslation]:
+        """The local agent's translation (or why there is none) of each text the graph would translate,
+        by position; one pool call per micro-batch, each with a request's deadline, as the node has."""
+        wanted = [
+            i
+            for i, (text, (lang, conf)) in enumerate(zip(texts, languages, strict=True))
+            if needs_translation(self.policy, lang, conf) and untranslatable(text) is None
+        ]
+        target = self.policy.languages.native[0] if wanted else ""
+        size = self.policy.hosting.max_batch_size
+        found: dict[int, LocalTranslation] = {}
+        for start in range(0, len(wanted), size):
+            chunk = wanted[start : start + size]
+            deadline = time.monotonic() + self.policy.limits.request_timeout_s
+            messages = [(texts[i], languages[i][0]) for i in chunk]
+            found.update(zip(chunk, translate_locally(self.pool, messages, target, deadline), strict=True))
+        return found
+
+    def _decide(
+        self, scores: RouteScores, language: str, confidence: float, local: LocalTranslation | None
+    ) -> Decision:
+        """`decide` on the translation's scores; a message the local agent could not translate keeps the
+        language decision, which then says why it was not translated."""
+        translated = local is not None and local.translation is not None
+        decision = decide(scores, self.policy, language, confidence, translated=translated)
+        if local is None or translated or decision.code != "language":
+            return decision
+        why = f"{decision.reason}: no local translation ({local.note}), and {NO_FALLBACK}"
+        return decision.model_copy(update={"reason": why})
 
     async def astream_progress(
         self, input: RouterInput, config: RunnableConfig | None = None
@@ -262,7 +313,8 @@ class Router(Runnable[RouterInput, RouteResult]):
                     yield event
 
     def explain(self, text: str, neighbours: int = 5) -> Explanation:
-        """Scores per route, nearest examples and the decision, without calling any agent."""
+        """Scores per route, nearest examples and the decision, without calling any agent but the local
+        translator: a non-native message is scored, and its neighbours found, by its translation."""
         routing = self.decide_many([text])[0]
         nearest = self.index.nearest(routing.vector, neighbours)
         scores = routing.scores
@@ -282,4 +334,5 @@ class Router(Runnable[RouterInput, RouteResult]):
             route=routing.decision.route,
             reason=routing.decision.reason,
             calibration=self.index.calibration,
+            translation=routing.translation,
         )

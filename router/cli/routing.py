@@ -15,7 +15,7 @@ from slm_router.router.cli.output import console, fail, result_table
 from slm_router.router.errors import SlmRouterError
 
 if TYPE_CHECKING:
-    from slm_router.router.result import RouteResult
+    from slm_router.router.result import RouteResult, Translation
 
 DEMO_MESSAGES = [
     ("English complaint", "I am really angry, my package arrived broken and nobody answers my emails!"),
@@ -36,10 +36,10 @@ def _result_rows(result: RouteResult) -> list[tuple[str, str]]:
     escalated = "[yellow]yes[/]" if result.escalated else "no"
     return [
         ("route", f"{result.route} ({result.action}, answered by {result.answered_by})"),
-        ("output", result.output or "-"),
+        ("output", escape(result.output) or "-"),
         ("confidence", f"router {result.confidence:.2f}, specialist {spec}"),
         ("escalated", escalated + ("  [red](degraded)[/]" if result.degraded else "")),
-        ("reason", result.reason),
+        ("reason", escape(result.reason)),
         ("language", result.language),
         *_translation_row(result),
         (
@@ -53,12 +53,11 @@ def _translation_row(result: RouteResult) -> list[tuple[str, str]]:
     """What the message was routed by when it was translated first: a route that looks wrong for the
     message often reads right for its translation. Escaped: the text may hold `[...]`, which rich reads
     as markup."""
-    t = result.translation
-    if t is None:
-        return []
-    return [
-        ("translation", f"{t.source_language} → {t.target_language} by {t.translated_by}: {escape(t.text)}")
-    ]
+    return [] if result.translation is None else [("translation", _translated(result.translation))]
+
+
+def _translated(t: Translation) -> str:
+    return f"{t.source_language} → {t.target_language} by {t.translated_by}: {escape(t.text)}"
 
 
 def _read_text(text: str) -> str:
@@ -103,7 +102,7 @@ def explain(
     if as_json:
         print(exp.model_dump_json(indent=2))
         return
-    scores = Table(title=f"routes for: {exp.text[:70]}", title_justify="left")
+    scores = Table(title=f"routes for: {escape(exp.text[:70])}", title_justify="left")
     for col in ("route", "similarity", "confidence", "threshold"):
         scores.add_column(col, justify="right" if col != "route" else "left")
     for name, prob in sorted(exp.scores.probabilities.items(), key=lambda kv: -kv[1]):
@@ -120,7 +119,7 @@ def explain(
     near.add_column("similarity", justify="right")
     near.add_column("example", overflow="fold")
     for n in exp.nearest:
-        near.add_row(n.route, f"{n.similarity:.3f}", n.text)
+        near.add_row(n.route, f"{n.similarity:.3f}", escape(n.text))
     console.print(near)
     cal = exp.calibration
     settings = router.policy.router
@@ -130,11 +129,13 @@ def explain(
         else f"max similarity {exp.scores.max_similarity:.3f} (out of scope below {settings.ood_threshold})"
     )
     console.print(f"language: {exp.language}   margin: {exp.scores.margin:.3f}   {ood}")
+    if exp.translation is not None:  # the scores and the nearest examples are the translation's
+        console.print(f"translated {_translated(exp.translation)}")
     console.print(
         f"calibration: temperature {cal.temperature:.4f} ({cal.classifier}), {cal.held_out} accuracy "
         f"{cal.held_out_accuracy:.3f}, ECE {cal.ece:.3f} on {cal.examples} examples"
     )
-    console.print(f"[bold]decision:[/] {exp.decision} -> {exp.route}   [bold]because[/] {exp.reason}")
+    console.print(f"[bold]decision:[/] {exp.decision} -> {exp.route}   [bold]because[/] {escape(exp.reason)}")
 
 
 def demo(policy: PolicyOpt = None) -> None:

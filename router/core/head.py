@@ -79,7 +79,8 @@ class _Linear:
         mask = in_scope[labels]
         centroids = np.stack([vectors[labels == r].mean(axis=0) for r in routes])
         residuals = vectors[mask] - centroids[np.searchsorted(routes, labels[mask])]
-        precision = ShrunkCovariance(shrinkage=settings.shrinkage, assume_centered=True).fit(residuals).precision_
+        covariance = ShrunkCovariance(shrinkage=settings.shrinkage, assume_centered=True).fit(residuals)
+        precision = covariance.precision_
         self.whiten = np.linalg.cholesky(precision).astype(np.float32)
         self.centroids = (centroids @ self.whiten).astype(np.float32)
 

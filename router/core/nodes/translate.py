@@ -12,8 +12,10 @@ languages.non_native_route, the behaviour of mode `route`.
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 from slm_router.agents.base import AgentError, AgentInput, AgentResult
+from slm_router.agents.hosting.local import AgentPool
 from slm_router.agents.langid import UNDETERMINED, detect_language
 from slm_router.agents.translation import LANGUAGE_NAMES, parse_request
 from slm_router.policies import Policy
@@ -39,17 +41,71 @@ PROMPT = (
 )
 
 
+class LocalTranslation(NamedTuple):
+    """The local agent's answer for one message: its translation, or why it has none (`note`)."""
+
+    translation: Translation | None
+    note: str
+    confidence: float = 0.0
+
+
 def wants_translation(state: RouterState, policy: Policy) -> bool:
+    """The graph's question: does this request go through the translate node."""
+    return needs_translation(policy, state["language"], state["language_confidence"], state["request"].route)
+
+
+def needs_translation(
+    policy: Policy, language: str, language_confidence: float, forced_route: str | None = None
+) -> bool:
     """A confidently detected non-native message, in mode translate_then_route, with no forced route (a
-    caller that names the route gets the message as sent)."""
+    caller that names the route gets the message as sent). Shared by the graph and `Router.decide_many`,
+    so both translate the same messages."""
     langs = policy.languages
     return (
         langs.non_native == "translate_then_route"
         and bool(langs.native)
-        and state["request"].route is None
-        and state["language"] not in (*langs.native, UNDETERMINED)
-        and state["language_confidence"] >= langs.min_detection_confidence
+        and forced_route is None
+        and language not in (*langs.native, UNDETERMINED)
+        and language_confidence >= langs.min_detection_confidence
     )
+
+
+def untranslatable(text: str) -> str | None:
+    """Why a message that `needs_translation` is still not translated (it asks to translate a part of
+    itself: the agent would translate only that part, the translate route serves it as it is); None when
+    it may be."""
+    return None if parse_request(text).whole_text else "the message asks to translate a part of it"
+
+
+def translate_locally(
+    pool: AgentPool, messages: list[tuple[str, str]], target: str, deadline: float
+) -> list[LocalTranslation]:
+    """The local agent's translations of whole (text, source language) messages into `target`, in one
+    pool call; a message it cannot translate (no pair, overloaded, crashed, timed out) says why."""
+    if TRANSLATOR not in pool.names():
+        return [LocalTranslation(None, f"no local agent {TRANSLATOR!r}") for _ in messages]
+    items = [
+        AgentInput(text=text, language=source, params={"source_language": source, "target_language": target})
+        for text, source in messages
+    ]
+    try:
+        results = pool.run(TRANSLATOR, items, timeout_s=seconds_left(deadline))
+    except AgentError as exc:  # the graph's fallback may still translate
+        return [LocalTranslation(None, f"{TRANSLATOR}: {exc}") for _ in messages]
+    return [
+        _local_translation(result, source, target)
+        for result, (_, source) in zip(results, messages, strict=True)
+    ]
+
+
+def _local_translation(result: AgentResult, source: str, target: str) -> LocalTranslation:
+    if not result.supported or not result.output.strip():
+        return LocalTranslation(None, f"{TRANSLATOR}: {result.note or 'no translation'}")
+    backend = getattr(result.details, "backend", None) or TRANSLATOR
+    translation = Translation(
+        source_language=source, target_language=target, text=result.output, translated_by=backend
+    )
+    return LocalTranslation(translation, "", result.confidence)
 
 
 def routing_text(state: RouterState) -> str:
@@ -68,8 +124,9 @@ def specialist_input(state: RouterState, agent: str) -> tuple[str, str]:
 
 def translate(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     source, target = state["language"], c.policy.languages.native[0]
-    if not parse_request(state["text"]).whole_text:
-        return _untranslated(source, target, ["the message asks to translate a part of it"])
+    why = untranslatable(state["text"])
+    if why is not None:
+        return _untranslated(source, target, [why])
     tried: list[str] = []
     local = _local(state, c, target, tried)
     if local is not None:
@@ -89,8 +146,9 @@ async def atranslate(state: RouterState, c: Components) -> tuple[RouterState, In
     """`translate` on the async path: the fallback call waits on the fallback's own bulkhead, the local
     agent on a worker thread, so neither blocks the event loop."""
     source, target = state["language"], c.policy.languages.native[0]
-    if not parse_request(state["text"]).whole_text:
-        return _untranslated(source, target, ["the message asks to translate a part of it"])
+    why = untranslatable(state["text"])
+    if why is not None:
+        return _untranslated(source, target, [why])
     tried: list[str] = []
     local = await asyncio.to_thread(_local, state, c, target, tried)
     if local is not None:
@@ -110,28 +168,11 @@ def _local(
     state: RouterState, c: Components, target: str, tried: list[str]
 ) -> tuple[RouterState, Info] | None:
     """The local agent's translation of the whole message; None (and why, in `tried`) when it has none."""
-    if TRANSLATOR not in c.pool.names():
-        tried.append(f"no local agent {TRANSLATOR!r}")
+    local = translate_locally(c.pool, [(state["text"], state["language"])], target, state["deadline"])[0]
+    if local.translation is None:
+        tried.append(local.note)
         return None
-    source = state["language"]
-    item = AgentInput(
-        text=state["text"],
-        language=source,
-        params={"source_language": source, "target_language": target},
-    )
-    try:
-        result = c.pool.run(TRANSLATOR, [item], timeout_s=seconds_left(state["deadline"]))[0]
-    except AgentError as exc:  # overloaded, crashed or timed out: the fallback may still translate
-        tried.append(f"{TRANSLATOR}: {exc}")
-        return None
-    if not result.supported or not result.output.strip():
-        tried.append(f"{TRANSLATOR}: {result.note or 'no translation'}")
-        return None
-    backend = getattr(result.details, "backend", None) or TRANSLATOR
-    translation = Translation(
-        source_language=source, target_language=target, text=result.output, translated_by=backend
-    )
-    return _translated(translation, 0.0, {"confidence": round(result.confidence, 4)})
+    return _translated(local.translation, 0.0, {"confidence": round(local.confidence, 4)})
 
 
 def _fallback_refused(c: Components) -> str | None:
