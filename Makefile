@@ -66,6 +66,7 @@ bench: install-dev
 		--pair en-pt --pair pt-en --out bench/results/specialists
 	$(PY) bench/clinc_learn.py --data $(DATA)
 	$(PY) bench/fit_compare.py --data $(DATA)
+	$(PY) bench/route_head.py --data $(DATA)
 
 GOEMOTIONS ?= $(DATA)/goemotions_train.jsonl
 train-sentiment: install
