@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -186,8 +186,11 @@ class RouteIndex:
         if self.head is not None:
             probs, in_scope_p = self.head.predict(vectors)
             return [
-                self._summarise(probs[i], ood=bool(in_scope_p[i] < self.ood_false_alarm)).model_copy(
-                    update={"classifier": "linear", "in_scope_p": round(float(in_scope_p[i]), 4)}
+                self._summarise(
+                    probs[i],
+                    ood=bool(in_scope_p[i] < self.ood_false_alarm),
+                    classifier="linear",
+                    in_scope_p=round(float(in_scope_p[i]), 4),
                 )
                 for i in range(len(vectors))
             ]
@@ -196,13 +199,11 @@ class RouteIndex:
         probs = softmax(scores, self.temperature)
         max_sims = sims.max(axis=1)
         return [
-            self._summarise(probs[i], ood=bool(max_sims[i] < self.ood_threshold)).model_copy(
-                update={
-                    "max_similarity": float(max_sims[i]),
-                    "similarities": {
-                        r: round(float(v), 4) for r, v in zip(self.routes, scores[i], strict=True)
-                    },
-                }
+            self._summarise(
+                probs[i],
+                ood=bool(max_sims[i] < self.ood_threshold),
+                max_similarity=float(max_sims[i]),
+                similarities={r: round(float(v), 4) for r, v in zip(self.routes, scores[i], strict=True)},
             )
             for i in range(len(vectors))
         ]
@@ -210,7 +211,8 @@ class RouteIndex:
     def score(self, vector: np.ndarray) -> RouteScores:
         return self.score_many(vector[None, :])[0]
 
-    def _summarise(self, probs: np.ndarray, ood: bool) -> RouteScores:
+    def _summarise(self, probs: np.ndarray, ood: bool, **scorer_fields: Any) -> RouteScores:
+        """The fields both scorers share, plus `scorer_fields` (one model built per request, not two)."""
         order = np.argsort(-probs)
         top = int(order[0])
         second = int(order[1]) if len(order) > 1 else None
@@ -221,6 +223,7 @@ class RouteIndex:
             runner_up=self.routes[second] if second is not None else None,
             margin=float(probs[top] - (probs[second] if second is not None else 0.0)),
             ood=ood,
+            **scorer_fields,
         )
 
     def route_similarities(self, vector: np.ndarray) -> dict[str, float]:

@@ -270,20 +270,24 @@ def _hull_slopes(gains: np.ndarray, costs: np.ndarray | None = None) -> np.ndarr
     return slopes
 
 
+def _per_k(values: np.ndarray, start: np.ndarray, order: np.ndarray, sign: int) -> np.ndarray:
+    """Per k = 0..len(order): the sum of `values` over `start`, plus (sign 1) or minus (sign -1) the first
+    k of `order` (what escalating them adds to the escalated rows or takes from the local ones)."""
+    return float(values[start].sum()) + sign * np.concatenate([[0.0], np.cumsum(values[order])])
+
+
 def _choose_k(rows: _Rows, base: np.ndarray, order: np.ndarray, target: Target, allowed: float) -> int | None:
     """How many of `order` to escalate (after `base`) for the target; None when it cannot be met."""
-    cum = np.concatenate
-    spent = float(rows.cost[base].sum()) + cum([[0.0], np.cumsum(rows.cost[order])])
-    local = float(rows.w[~base].sum()) - cum([[0.0], np.cumsum(rows.w[order])])
-    wrong_local = float((rows.w * rows.wrong)[~base].sum()) - cum(
-        [[0.0], np.cumsum((rows.w * rows.wrong)[order])]
-    )
+    weighted_wrong = rows.w * rows.wrong
+    spent = _per_k(rows.cost, base, order, sign=1)
+    local = _per_k(rows.w, ~base, order, sign=-1)
+    wrong_local = _per_k(weighted_wrong, ~base, order, sign=-1)
     accuracy = np.where(local > 1e-12, 1.0 - wrong_local / np.maximum(local, 1e-12), 1.0)
     if target.kind == "min_accuracy":  # the smallest k whose local answers are right often enough
         meets = np.flatnonzero(accuracy >= target.value - 1e-9)
         return int(meets[0]) if len(meets) else None
     if target.kind == "min_oos_recall":  # the smallest k that escalates enough out-of-scope traffic
-        recall = float(rows.gain[base].sum()) + cum([[0.0], np.cumsum(rows.gain[order])])
+        recall = _per_k(rows.gain, base, order, sign=1)
         meets = np.flatnonzero(recall >= target.value - 1e-9)
         return int(meets[0]) if len(meets) else None
     feasible = np.flatnonzero(spent <= allowed + 1e-9)
