@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slm_router.agents.base import AgentError, AgentInput
@@ -17,6 +18,7 @@ from slm_router.agents.hosting.local import AgentPool
 from slm_router.agents.langid import detect_language
 from slm_router.policies import Policy, load_policy
 from slm_router.router.compose import Backend, compose
+from slm_router.router.core.batch import arun_batch, run_batch
 from slm_router.router.core.conversations import DEFAULT_TENANT
 from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.graph import build_graph
@@ -51,6 +53,15 @@ class RouteEvent(BaseModel):
     ms: float | None = None
     info: dict[str, Any] = Field(default_factory=dict)
     result: RouteResult | None = None
+
+
+class Started(NamedTuple):
+    """A batch item ready for the graph: its request, tenant, config and the graph's input."""
+
+    request: RouteRequest
+    tenant: str
+    config: RunnableConfig
+    start: GraphInput
 
 
 class Routing(BaseModel):
@@ -234,6 +245,83 @@ class Router(Runnable[RouterInput, RouteResult]):
         tenant = tenant_of(config)
         state = cast(GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=config))
         return self._finish(request, tenant, state)
+
+    def batch(
+        self,
+        inputs: list[RouterInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[RouteResult]:
+        """Route many requests as one batch (router/core/batch.py): one forward pass for all, each
+        specialist called once per batch, the fallback last; each gets what `invoke` would give it.
+        `return_exceptions=True` puts a failed request's exception in its place instead of raising the
+        first. A config with callbacks runs each request through the graph, so each run is traced."""
+        configs = get_config_list(config, len(inputs))
+        if not inputs or any(cfg.get("callbacks") for cfg in configs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        started = self._start_many(inputs, configs)
+        ready = [s for s in started if not isinstance(s, Exception)]
+        outputs = iter(
+            run_batch(self.graph, self.parts.components, [s.start for s in ready], [s.config for s in ready])
+        )
+        return self._finish_many(started, outputs, return_exceptions)
+
+    async def abatch(
+        self,
+        inputs: list[RouterInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[RouteResult]:
+        """`batch` on the event loop (the HTTP service's /v1/route/batch uses it)."""
+        configs = get_config_list(config, len(inputs))
+        if not inputs or any(cfg.get("callbacks") for cfg in configs):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        started = self._start_many(inputs, configs)
+        ready = [s for s in started if not isinstance(s, Exception)]
+        outputs = await arun_batch(
+            self.graph, self.parts.components, [s.start for s in ready], [s.config for s in ready]
+        )
+        return self._finish_many(started, iter(outputs), return_exceptions)
+
+    def _start_many(
+        self, inputs: list[RouterInput], configs: list[RunnableConfig]
+    ) -> list[Started | Exception]:
+        started: list[Started | Exception] = []
+        for value, cfg in zip(inputs, configs, strict=True):
+            try:
+                request, tenant = coerce_request(value), tenant_of(cfg)
+                started.append(Started(request, tenant, cfg, self._start(request, tenant)))
+            except Exception as exc:  # a bad input fails alone, as `invoke` would raise it
+                started.append(exc)
+        return started
+
+    def _finish_many(
+        self,
+        started: list[Started | Exception],
+        outputs: Iterator[GraphOutput | Exception],
+        return_exceptions: bool,
+    ) -> list[Any]:
+        """Results in input order (each conversation kept, each decision logged); the first exception is
+        raised unless `return_exceptions`."""
+        results: list[RouteResult | Exception] = []
+        for s in started:
+            out = s if isinstance(s, Exception) else next(outputs)
+            if isinstance(s, Exception) or isinstance(out, Exception):
+                results.append(cast(Exception, out))
+            else:
+                try:
+                    results.append(self._finish(s.request, s.tenant, out))
+                except Exception as exc:
+                    results.append(exc)
+        if not return_exceptions:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+        return results
 
     def decide_many(self, texts: list[str], translate: bool = True) -> list[Routing]:
         """Guard, translate, classify and decide for many texts in one embedding batch; no specialist or

@@ -11,7 +11,7 @@ import asyncio
 
 from langchain_core.runnables import RunnableConfig
 
-from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded
+from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult
 from slm_router.policies import Policy
 from slm_router.router.core.budget import refusal
 from slm_router.router.core.components import Components
@@ -42,8 +42,16 @@ def decide(state: RouterState, c: Components) -> tuple[RouterState, Info]:
 
 
 def specialist(state: RouterState, c: Components) -> tuple[RouterState, Info]:
-    """Run the route's agent; when it fails, this node already announces the escalation."""
-    update, info = _run_specialist(state, c)
+    agent, item = specialist_call(state, c)
+    return specialist_ran(state, c, agent, _ask(c, agent, item, state["deadline"]))
+
+
+def specialist_ran(
+    state: RouterState, c: Components, agent: str, outcome: AgentResult | AgentError
+) -> tuple[RouterState, Info]:
+    """The specialist node once its agent answered or failed (the batch lane asks for many requests at
+    once); a failure is announced as the escalation here already."""
+    update, info = _specialist_update(agent, outcome)
     if "specialist_error" in update:
         ran: RouterState = {**state, **update}
         update["escalation"] = escalation(_evidence(ran, c), c.policy).escalation
@@ -185,24 +193,37 @@ def _outcome(state: RouterState) -> SpecialistOutcome | None:
     return SpecialistOutcome(confidence=result.confidence, supported=result.supported, note=result.note)
 
 
-def _run_specialist(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+def specialist_call(state: RouterState, c: Components) -> tuple[str, AgentInput]:
+    """The route's agent and what it reads."""
     agent = c.policy.routes[state["decision"].route].agent
     assert agent is not None  # the rules ask only for the specialist of a route with an agent
     text, language = specialist_input(state, agent)
     item = AgentInput(
-        text=text,
-        language=language,
-        embedding=state["embedding"],
-        params=state["request"].params,
+        text=text, language=language, embedding=state["embedding"], params=state["request"].params
     )
+    return agent, item
+
+
+def _run_specialist(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+    agent, item = specialist_call(state, c)
+    return _specialist_update(agent, _ask(c, agent, item, state["deadline"]))
+
+
+def _ask(c: Components, agent: str, item: AgentInput, deadline: float) -> AgentResult | AgentError:
     try:
-        result = c.pool.run(agent, [item], timeout_s=seconds_left(state["deadline"]))[0]
-    except AgentOverloaded:
-        raise OverloadedError(f"agent {agent!r} is full; try again shortly") from None
+        return c.pool.run(agent, [item], timeout_s=seconds_left(deadline))[0]
     except AgentError as exc:
-        return {"specialist": None, "specialist_error": str(exc)}, {"agent": agent, "error": str(exc)}
-    info: Info = {"agent": agent, "confidence": round(result.confidence, 4), "supported": result.supported}
-    return {"specialist": result}, info
+        return exc
+
+
+def _specialist_update(agent: str, outcome: AgentResult | AgentError) -> tuple[RouterState, Info]:
+    if isinstance(outcome, AgentOverloaded):
+        raise OverloadedError(f"agent {agent!r} is full; try again shortly") from None
+    if isinstance(outcome, AgentError):
+        error = str(outcome)
+        return {"specialist": None, "specialist_error": error}, {"agent": agent, "error": error}
+    info: Info = {"agent": agent, "confidence": round(outcome.confidence, 4), "supported": outcome.supported}
+    return {"specialist": outcome}, info
 
 
 def _fallback_call(state: RouterState, c: Components) -> tuple[str, str | None, list[tuple[str, str]], float]:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import NamedTuple
+
+import numpy as np
 
 from slm_router.agents.langid import detect_language
+from slm_router.policies import Policy
 from slm_router.router.core.components import Components
 from slm_router.router.core.index import RouteScores
 from slm_router.router.core.intents import detect, split_request
@@ -45,20 +49,41 @@ def guard(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     return {"text": text, "language": language, "language_confidence": conf}, info
 
 
-def classify(state: RouterState, c: Components) -> tuple[RouterState, Info]:
-    policy = c.policy
+class EmbeddingInputs(NamedTuple):
+    """What classify embeds for one request: its routing text, and the clauses of a request that asks for
+    several things (two or more, else none) with the payload they apply to."""
+
+    text: str
+    clauses: list[str]
+    payload: str
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.text, *self.clauses]
+
+
+def embedding_inputs(state: RouterState, policy: Policy) -> EmbeddingInputs:
+    """Shared by classify and the batch lane (router/core/batch.py), which embeds many requests' inputs
+    in one forward pass."""
     text = routing_text(state)
     split = policy.router.multi_intent and not state["request"].route and not state.get("translation")
     clauses, payload = split_request(text) if split else ([], text)
     if len(clauses) >= 2 and detect_language(" ".join(clauses))[0] not in (*policy.languages.native, "und"):
         clauses = []  # an instruction in another language: the embedder reads English
-    if len(clauses) >= 2:  # the clauses ride along in the request's own forward pass
-        vectors = c.embedder.encode_shared([text, *clauses])
-        embedding, clause_vectors = vectors[0], vectors[1:]
-    else:
-        embedding, clause_vectors = c.embedder.encode_one(text), None
-    scores = c.index.score(embedding)
-    multi = None if clause_vectors is None else detect(clauses, payload, clause_vectors, policy, c.index)
+    return EmbeddingInputs(text, clauses if len(clauses) >= 2 else [], payload)
+
+
+def classify(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+    inputs = embedding_inputs(state, c.policy)
+    vectors = c.embedder.encode_shared(inputs.texts)  # the clauses ride along in the request's forward pass
+    return classified(state, c, inputs, vectors, c.index.score(vectors[0]))
+
+
+def classified(
+    state: RouterState, c: Components, inputs: EmbeddingInputs, vectors: np.ndarray, scores: RouteScores
+) -> tuple[RouterState, Info]:
+    """classify once the inputs are embedded (`vectors`, in `inputs.texts` order) and the first scored."""
+    multi = detect(inputs.clauses, inputs.payload, vectors[1:], c.policy, c.index)
     context = _with_context(state, c, scores)
     if context is not None:
         scores = context
@@ -74,7 +99,7 @@ def classify(state: RouterState, c: Components) -> tuple[RouterState, Info]:
         "ood": scores.ood,
         "probabilities": scores.probabilities,
     }
-    return {"embedding": embedding, "scores": scores, "multi": multi}, info
+    return {"embedding": vectors[0], "scores": scores, "multi": multi}, info
 
 
 def _with_context(state: RouterState, c: Components, scores: RouteScores) -> RouteScores | None:
