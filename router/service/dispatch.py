@@ -5,7 +5,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi.responses import JSONResponse
 from langchain_core.runnables import RunnableConfig
@@ -58,6 +58,32 @@ class Dispatcher:
             self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
         self.metrics.observe(result)
         return result
+
+    async def route_many(
+        self, requests: list[RouteRequest], endpoint: str, tenant: str
+    ) -> list[RouteResult | Exception]:
+        """Many messages as one batch (`Router.abatch`) within the request deadline; the caller holds
+        their admission slots. Each item's outcome in order: its result, or what failed it alone."""
+        if not requests:
+            return []
+        self.metrics.in_flight.inc(len(requests))
+        start = time.perf_counter()
+        config: RunnableConfig = {"configurable": {"tenant": tenant}}
+        try:
+            answered = self.router.abatch(list(requests), config, return_exceptions=True)
+            outcomes = cast(list[RouteResult | Exception], await asyncio.wait_for(answered, self.deadline_s))
+        except asyncio.TimeoutError:
+            late = f"no answer within {self.deadline_s - 1:g} s (limits.request_timeout_s)"
+            outcomes = [RequestTimeoutError(late) for _ in requests]
+        finally:
+            self.metrics.in_flight.dec(len(requests))
+            elapsed = time.perf_counter() - start
+            for _ in requests:
+                self.metrics.request_latency.labels(endpoint).observe(elapsed)
+        for outcome in outcomes:
+            if isinstance(outcome, RouteResult):
+                self.metrics.observe(outcome)
+        return outcomes
 
     def failed(self, status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
         """The error answer, counted (and counted as shed when admission refused it)."""

@@ -1,8 +1,6 @@
 """Routing: one message, a stream of its progress, a batch, and the list of routes."""
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -78,31 +76,31 @@ async def route_stream(
 async def route_batch(
     batch: BatchRequest, tenant: Tenant, dispatcher: Dispatch
 ) -> BatchResponse | JSONResponse:
-    """Route many messages concurrently. Each item is validated and answered on its own: a bad item
-    gets an `error` entry with the status it would have had alone, the others still answer."""
+    """Route many messages as one batch: one forward pass of the encoder for all of them, each specialist
+    called once (`Router.abatch`). Each item is validated and answered on its own: a bad item gets an
+    `error` entry with the status it would have had alone, the others still answer."""
     size, limit = len(batch.requests), dispatcher.settings.max_batch
     if size > limit:
         return dispatcher.failed(413, "batch_too_large", f"{size} requests; the limit is {limit}")
 
-    async def one(raw: Any) -> RouteResult:
+    parsed: list[RouteRequest | Exception] = []
+    for raw in batch.requests:
         try:
-            request = RouteRequest.model_validate(raw)
+            parsed.append(RouteRequest.model_validate(raw))
         except ValidationError as exc:
-            raise InvalidInputError(validation_problems(exc)[0]) from None
-        return await dispatcher.route_one(request, "batch", tenant)
-
+            parsed.append(InvalidInputError(validation_problems(exc)[0]))
+    valid = [p for p in parsed if isinstance(p, RouteRequest)]
     async with dispatcher.admission.slot(size):
-        outcomes = await asyncio.gather(*(one(r) for r in batch.requests), return_exceptions=True)
-    items = []
+        answered = iter(await dispatcher.route_many(valid, "batch", tenant))
+    outcomes = [p if isinstance(p, Exception) else next(answered) for p in parsed]
+    items: list[BatchItem] = []
     for outcome in outcomes:
         if isinstance(outcome, RouteResult):
             items.append(BatchItem(result=outcome))
-        elif isinstance(outcome, Exception):
+        else:
             status, kind, message = classify_error(outcome)
             dispatcher.metrics.errors.labels(kind).inc()
             items.append(BatchItem(error=ErrorBody(type=kind, message=message, status=status)))
-        else:
-            raise outcome
     return BatchResponse(results=items)
 
 
