@@ -48,17 +48,18 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
+def routes_policy_dict(by_route: dict[str, list[str]], classifier: str) -> dict[str, Any]:
+    """A policy with these routes (utterances inline), no agents, no fallback: the router alone."""
+    return {
+        "routes": {name: {"utterances": texts} for name, texts in sorted(by_route.items())},
+        "router": {"ood_route": "other", "classifier": classifier},
+        "languages": {"non_native_route": None},
+        "fallback": {"enabled": False},
+    }
+
+
 def routes_policy(by_route: dict[str, list[str]], classifier: str) -> Policy:
-    routes = {name: {"utterances": texts} for name, texts in sorted(by_route.items())}
-    return policy_from_dict(
-        {
-            "routes": routes,
-            "router": {"ood_route": "other", "classifier": classifier},
-            "languages": {"non_native_route": None},
-            "fallback": {"enabled": False},
-        },
-        base_dir=DEFAULT_POLICY.parent,
-    )
+    return policy_from_dict(routes_policy_dict(by_route, classifier), base_dir=DEFAULT_POLICY.parent)
 
 
 def metrics(data: ScoredSet, policy: Policy) -> dict[str, float | None]:

@@ -43,13 +43,24 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(backend: str, port: int, wait_s: float | None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SLM_ROUTER__SERVER__AUTH": "disabled", "HF_HUB_OFFLINE": "1"}
+def start_server(
+    backend: str,
+    port: int,
+    wait_s: float | None,
+    policy: Path | None = None,
+    threads: int | None = None,
+    settings: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`settings`: more `SLM_ROUTER__...` environment overrides of the policy."""
+    env = {**os.environ, "SLM_ROUTER__SERVER__AUTH": "disabled", "HF_HUB_OFFLINE": "1", **(settings or {})}
     if wait_s is not None:
         env["SLM_ROUTER__HOSTING__BATCH_WAIT_TIMEOUT_S"] = str(wait_s)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     exe = Path(sys.executable).with_name("slm-router")
+    chosen = ["--policy", str(policy)] if policy else []
     return subprocess.Popen(
-        [str(exe), "serve", "--backend", backend, "--host", "127.0.0.1", "--port", str(port)],
+        [str(exe), "serve", *chosen, "--backend", backend, "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -72,6 +83,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) ->
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=60)
@@ -79,7 +92,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def load(url: str, concurrency: int, requests: int) -> dict[str, Any]:
+async def load(url: str, concurrency: int, requests: int, messages: list[str] = MESSAGES) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     queue = iter(range(requests))
@@ -88,13 +101,13 @@ async def load(url: str, concurrency: int, requests: int) -> dict[str, Any]:
         nonlocal errors
         for i in queue:
             t = time.perf_counter()
-            response = await client.post("/v1/route", json={"text": MESSAGES[i % len(MESSAGES)]})
+            response = await client.post("/v1/route", json={"text": messages[i % len(messages)]})
             latencies.append((time.perf_counter() - t) * 1000)
             errors += response.status_code != 200
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        await client.post("/v1/route", json={"text": MESSAGES[0]})  # warm the connection
+        await client.post("/v1/route", json={"text": messages[0]})  # warm the connection
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
