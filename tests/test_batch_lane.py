@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -99,14 +99,16 @@ def test_batch_shares_one_call_per_specialist(scripted: Router) -> None:
     texts = [f"I really love this blender, number {n} is perfect" for n in range(8)]
     results = scripted.batch(texts)
     assert {r.answered_by for r in results} == {"sentiment"}
-    assert all([t.node for t in r.trace] == ["guard", "classify", "decide", "specialist", "check"] for r in results)
+    assert all(
+        [t.node for t in r.trace] == ["guard", "classify", "decide", "specialist", "check"] for r in results
+    )
 
 
 class PoisonedRefunds:
     """Answers every refund request, but crashes on any batch holding the word `poison`."""
 
     name = "refunds"
-    calls: list[int] = []
+    calls: ClassVar[list[int]] = []
 
     def predict_batch(self, items: list[AgentInput]) -> list[AgentResult]:
         PoisonedRefunds.calls.append(len(items))

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
-from scipy.special import logsumexp
 from sklearn.covariance import ShrunkCovariance
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -157,7 +156,10 @@ class RouteHead:
     def _energy(self, logits: np.ndarray) -> np.ndarray:
         """Negative free energy over the in-scope routes: high when no real route claims the text."""
         t = self.temperature
-        return np.asarray(-t * logsumexp(logits[:, self.in_scope] / t, axis=1))
+        z = logits[:, self.in_scope] / t
+        # By hand: scipy's logsumexp spends ~0.25 ms of array-API dispatch per call, on the request path.
+        top = z.max(axis=1)
+        return np.asarray(-t * (top + np.log(np.exp(z - top[:, None]).sum(axis=1))))
 
     def _strangeness(self, energy: np.ndarray, distance: np.ndarray) -> np.ndarray:
         e_mean, e_std, d_mean, d_std = self.norm

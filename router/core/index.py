@@ -216,8 +216,9 @@ class RouteIndex:
         order = np.argsort(-probs)
         top = int(order[0])
         second = int(order[1]) if len(order) > 1 else None
-        return RouteScores(
-            probabilities={r: round(float(p), 4) for r, p in zip(self.routes, probs, strict=True)},
+        # Built without validation: every field comes from this method, on the request path (~0.1 ms saved).
+        return RouteScores.model_construct(
+            probabilities=dict(zip(self.routes, np.round(probs.astype(np.float64), 4).tolist(), strict=True)),
             top=self.routes[top],
             confidence=float(probs[top]),
             runner_up=self.routes[second] if second is not None else None,
