@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slm_router.agents.adapted import base_encoder_path, merge_adapter, quantize_int8, read_card
+from slm_router.agents.adapted import base_encoder_path, files_key, load_adapted, read_card, shared_model
 from slm_router.agents.base import AgentError
 
 if TYPE_CHECKING:
@@ -266,18 +266,22 @@ def build_network(encoder: Any, n_tags: int, n_features: int = len(FEATURES)) ->
 
 
 def load_tagger(directory: Path, base: str = "", int8: bool = False) -> TokenTagger:
-    """The adapter in `directory` (its training.json names the tags) merged into the base encoder."""
-    from transformers import AutoModel, AutoTokenizer
+    """The adapter in `directory` (its training.json names the tags) merged into the base encoder, its
+    unchanged tensors shared with the router's encoder. One per process for the same files: the extraction
+    agent and the PII redactor's extractor tag with the same one."""
+    key = (AGENT, files_key(directory), base, int8)
+    return shared_model(key, lambda: _load_tagger(directory, base, int8))
+
+
+def _load_tagger(directory: Path, base: str, int8: bool) -> TokenTagger:
+    from transformers import AutoTokenizer
 
     card = read_card(directory)
     if not card.get("tags"):
         raise AgentError(AGENT, f"no tagger at {directory} (train one: slm-router train entities)")
-    base_dir = base_encoder_path(base)
-    network = build_network(AutoModel.from_pretrained(str(base_dir)), len(card["tags"]))
-    network = merge_adapter(network, directory, AGENT)
-    if int8:
-        network = quantize_int8(network)
-    return TokenTagger(AutoTokenizer.from_pretrained(str(base_dir)), network, list(card["tags"]))
+    tags = list(card["tags"])
+    network = load_adapted(lambda encoder: build_network(encoder, len(tags)), directory, AGENT, base, int8)
+    return TokenTagger(AutoTokenizer.from_pretrained(str(base_encoder_path(base))), network, tags)
 
 
 class EntityTagger:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from slm_router.agents.adapted import shared_model
 from slm_router.agents.base import AgentError, AgentInput, AgentResult, Entity, ExtractionOutput
 from slm_router.agents.entity_tagger import EntityTagger, Tagging
 
@@ -816,8 +817,11 @@ class ExtractionAgent:
         return self._nlp
 
     def _load(self) -> Language:
+        """One pipeline per spaCy model and process (`shared_model`): the PII redactor's extractor is another
+        ExtractionAgent in the same process, and two copies of the same model would only cost memory."""
         try:
-            return _load_ner_pipeline(self.spacy_model)
+            load = functools.partial(_load_ner_pipeline, self.spacy_model)
+            return shared_model(("spacy", self.spacy_model), load)
         except ImportError as exc:
             raise AgentError(self.name, "spaCy is not installed; pip install 'spacy>=3.8,<3.9'") from exc
         except OSError as exc:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from slm_router.agents.adapted import base_encoder_path, merge_adapter, quantize_int8, read_card
+from slm_router.agents.adapted import base_encoder_path, files_key, load_adapted, read_card, shared_model
 from slm_router.agents.base import AgentError, AgentInput, AgentResult, SentimentOutput
 
 if TYPE_CHECKING:
@@ -141,15 +141,20 @@ class SentimentModel:
 
     @classmethod
     def load(cls, directory: Path, base: str = "", int8: bool = False) -> SentimentModel:
-        """The adapter in `directory` merged into the base encoder (the packaged MiniLM unless `base`)."""
-        from transformers import AutoModel, AutoTokenizer
+        """The adapter in `directory` merged into the base encoder (the packaged MiniLM unless `base`), its
+        unchanged tensors shared with the router's encoder; one per process for the same files."""
+        key = ("sentiment", files_key(directory), base, int8)
+        return shared_model(key, lambda: cls._load(directory, base, int8))
 
-        base_dir = base_encoder_path(base)
-        encoder = merge_adapter(AutoModel.from_pretrained(str(base_dir)), directory, "sentiment")
-        if int8:
-            encoder = quantize_int8(encoder)
+    @classmethod
+    def _load(cls, directory: Path, base: str, int8: bool) -> SentimentModel:
+        """The tokenizer is the model's own: a fast tokenizer's padding and truncation settings are state
+        that calls with other settings (the embedder's) would race on."""
+        from transformers import AutoTokenizer
+
         head = SentimentHead.load(directory / CLASSIFIER_FILE)
-        return cls(AutoTokenizer.from_pretrained(str(base_dir)), encoder, head)
+        encoder = load_adapted(lambda encoder: encoder, directory, "sentiment", base, int8)
+        return cls(AutoTokenizer.from_pretrained(str(base_encoder_path(base))), encoder, head)
 
 
 class _HeadOnEmbedding:
