@@ -38,6 +38,7 @@ class Section:
     what: str
     timeout_s: int
     needs_data: bool = False
+    extra: tuple[str, ...] = ()
 
 
 SECTIONS = {
@@ -76,7 +77,8 @@ def run_section(name: str, section: Section, args: argparse.Namespace, out_dir: 
     if section.needs_data and args.data is None:
         return {"skipped": "needs --data"}
     out = out_dir / f"{name}.json"
-    command = [sys.executable, "-m", section.module, "--out", str(out), "--threads", str(args.threads)]
+    command = [sys.executable, "-m", section.module, *section.extra, "--out", str(out)]
+    command += ["--threads", str(args.threads)]
     command += ["--data", str(args.data)] if args.data is not None else []
     command += ["--smoke"] if args.smoke else []
     start = time.monotonic()

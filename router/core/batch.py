@@ -7,9 +7,10 @@ text (and clauses) is embedded in one forward pass, the routes are scored in one
 specialist gets its requests as one call, and the fallback comes last. So each request gets the result
 `Router.invoke` would give it (tests/test_batch_lane.py compares them).
 
-What only the graph does, a request gets by running through the graph alone: a translation before
-routing, and a flow's fan-out (a multi-intent request or a route served by a flow). A request that fails
-(bad input, a full agent, a fallback that cannot answer) fails alone.
+What only the graph does, a request gets by running through the graph alone: a flow's fan-out (a
+multi-intent request or a route served by a flow), and a translation the local agent cannot make (the
+graph asks the fallback). The local agent's translations are asked for in one call per micro-batch. A
+request that fails (bad input, a full agent, a fallback that cannot answer) fails alone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from slm_router.router.core.graph import Graph
 from slm_router.router.core.nodes import afallback, check, decide, fallback, guard, respond
 from slm_router.router.core.nodes.answer import specialist_call, specialist_ran
 from slm_router.router.core.nodes.intake import EmbeddingInputs, classified, embedding_inputs
-from slm_router.router.core.nodes.translate import wants_translation
+from slm_router.router.core.nodes.translate import (
+    translate,
+    translate_locally,
+    untranslatable,
+    wants_translation,
+)
 from slm_router.router.core.state import GraphInput, GraphOutput, Info, RouterState
 from slm_router.router.result import TraceStep
 
@@ -46,7 +52,7 @@ _APPENDED = {
 """State keys the graph appends to (their reducer is `operator.add`); every other key is overwritten."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Lane:
     """One request on the lane: its state so far, what failed it, or that the graph runs it instead."""
 
@@ -123,8 +129,7 @@ def _to_check(lanes: list[Lane], c: Components) -> None:
     """guard, classify and decide for every request, then its specialist and check: up to the fallback."""
     for lane in lanes:
         lane.step("guard", guard, lane.state, c)
-        if lane.open and wants_translation(lane.state, c.policy):
-            lane.in_graph = True
+    _translate([lane for lane in lanes if lane.open and wants_translation(lane.state, c.policy)], c)
     _classify([lane for lane in lanes if lane.open], c)
     for lane in lanes:
         if lane.open:
@@ -136,6 +141,30 @@ def _to_check(lanes: list[Lane], c: Components) -> None:
     for lane in asked:
         if lane.open:
             lane.step("check", check, lane.state, c)
+
+
+def _translate(lanes: list[Lane], c: Components) -> None:
+    """The local agent translates every message that wants it in one call per micro-batch; a message it
+    cannot translate goes through the graph alone (which may ask the fallback, on its own bulkhead)."""
+    target = c.policy.languages.native[0] if lanes else ""
+    wanted = [lane for lane in lanes if untranslatable(lane.state["text"]) is None]
+    size = c.policy.hosting.max_batch_size
+    for first in range(0, len(wanted), size):
+        chunk = wanted[first : first + size]
+        start = time.perf_counter()
+        messages = [(lane.state["text"], lane.state["language"]) for lane in chunk]
+        deadline = min(lane.state["deadline"] for lane in chunk)
+        found = translate_locally(c.pool, messages, target, deadline)
+        shared_ms = (time.perf_counter() - start) * 1000 / len(chunk)
+        for lane, local in zip(chunk, found, strict=True):
+            if local.translation is None:
+                lane.in_graph = True
+            else:
+                lane.step("translate", translate, lane.state, c, local, shared_ms=shared_ms)
+    asked = {id(lane) for lane in wanted}
+    for lane in lanes:
+        if id(lane) not in asked:  # asks to translate a part of itself: the node says so, nobody is asked
+            lane.step("translate", translate, lane.state, c)
 
 
 def _classify(lanes: list[Lane], c: Components) -> None:

@@ -122,13 +122,16 @@ def specialist_input(state: RouterState, agent: str) -> tuple[str, str]:
     return translation.text, translation.target_language
 
 
-def translate(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+def translate(
+    state: RouterState, c: Components, asked: LocalTranslation | None = None
+) -> tuple[RouterState, Info]:
+    """`asked`: the local agent's answer, when the batch lane already asked it for many messages at once."""
     source, target = state["language"], c.policy.languages.native[0]
     why = untranslatable(state["text"])
     if why is not None:
         return _untranslated(source, target, [why])
     tried: list[str] = []
-    local = _local(state, c, target, tried)
+    local = _local(state, c, target, tried, asked)
     if local is not None:
         return local
     refused = _fallback_refused(c)
@@ -165,10 +168,11 @@ async def atranslate(state: RouterState, c: Components) -> tuple[RouterState, In
 
 
 def _local(
-    state: RouterState, c: Components, target: str, tried: list[str]
+    state: RouterState, c: Components, target: str, tried: list[str], asked: LocalTranslation | None = None
 ) -> tuple[RouterState, Info] | None:
     """The local agent's translation of the whole message; None (and why, in `tried`) when it has none."""
-    local = translate_locally(c.pool, [(state["text"], state["language"])], target, state["deadline"])[0]
+    message = [(state["text"], state["language"])]
+    local = asked or translate_locally(c.pool, message, target, state["deadline"])[0]
     if local.translation is None:
         tried.append(local.note)
         return None
