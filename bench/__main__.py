@@ -171,9 +171,11 @@ def extra_rows(summary: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
-def write_summary(summary: dict[str, Any], command: str) -> None:
-    summary_path = RESULTS / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+def write_summary(
+    summary: dict[str, Any], command: str, results: Path = RESULTS, readme: Path = README
+) -> None:
+    """summary.json, and the table between the markers of bench/README.md (appended once if absent)."""
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     meta = summary["_run"]
     block = "\n".join(
         [
@@ -188,12 +190,12 @@ def write_summary(summary: dict[str, Any], command: str) -> None:
             END,
         ]
     )
-    text = README.read_text(encoding="utf-8")
+    text = readme.read_text(encoding="utf-8")
     if START in text and END in text:
         text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n## Summary (`python -m bench`)\n\n" + block + "\n"
-    README.write_text(text, encoding="utf-8")
+    readme.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
