@@ -26,9 +26,20 @@ import random
 import shlex
 import sys
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+# fit's per-route threshold search exists only up to 0.3.x (1.x has no `SemanticRouter` nor that `fit`).
+try:
+    SR_VERSION = version("semantic-router")
+except PackageNotFoundError:
+    SR_VERSION = "none"
+if SR_VERSION != "0.3.3":
+    sys.exit(
+        "bench/fit_compare.py needs semantic-router==0.3.3 (pip install semantic-router==0.3.3); "
+        f"this environment has {SR_VERSION}"
+    )
 
 import numpy as np
 from clinc_tune import clinc_policy  # a sibling script: bench/ is on sys.path when run as bench/x.py
