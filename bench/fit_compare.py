@@ -8,9 +8,10 @@ this script, the same way for both.
 
 The baseline is semantic-router 0.3.3 (`pip install semantic-router==0.3.3`; the `bench` extra has 1.1.1,
 for bench/vs_semantic_router.py), the last line whose `fit` searches per-route thresholds (random search
-for accuracy; 1.x replaced it with a confidence calibrator). Its `fit` re-runs the same similarity search for every tuning query on every iteration; that
-search does not depend on the thresholds, so it is memoised per query vector (fit's own code still makes
-every decision, and the JSON estimates the unmemoised time). `--stock-fit` runs it unmemoised: hours.
+for accuracy; 1.x replaced it with a confidence calibrator). Its `fit` re-runs the same similarity search
+for every tuning query on every iteration; that search does not depend on the thresholds, so it is
+memoised per query vector (fit's own code still makes every decision, and the JSON estimates the
+unmemoised time). `--stock-fit` runs it unmemoised: hours.
 
 Writes bench/results/fit_compare.json.
 """

