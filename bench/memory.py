@@ -32,7 +32,6 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SLM_ROUTER_DATA", ROOT.parent / "shared" / "data"))
 MB = 1024 * 1024
 BATCH = 16
 
@@ -81,26 +80,33 @@ def models_held() -> dict[str, Any]:
     return out
 
 
-def _clinc_policy() -> Any:
+def _clinc_policy(data: Path) -> Any:
     sys.path.insert(0, str(ROOT))
     from bench.route_head import routes_policy
 
     by_route: dict[str, list[str]] = {}
-    with (DATA / "clinc150_train.jsonl").open(encoding="utf-8") as rows:
+    with (data / "clinc150_train.jsonl").open(encoding="utf-8") as rows:
         for line in rows:
             row = json.loads(line)
             by_route.setdefault("other" if row["intent"] == "oos" else row["intent"], []).append(row["text"])
     return routes_policy(by_route, "linear")
 
 
-def _traffic(smoke: bool) -> list[str]:
-    """CLINC150 train texts (development data), so the models touch the rows and pages real traffic does."""
-    with (DATA / "clinc150_train.jsonl").open(encoding="utf-8") as rows:
-        texts = [json.loads(line)["text"] for line in rows]
-    return texts[:: len(texts) // (40 if smoke else 400)]
+def _traffic(data: Path | None, smoke: bool) -> list[str]:
+    """CLINC150 train texts (development data), so the models touch the rows and pages real traffic does;
+    without data, the packaged route examples."""
+    if data is None:
+        from slm_router.policies import load_policy
+        from slm_router.router.core.index import load_utterances
+
+        texts = [t for route in load_utterances(load_policy()).values() for t in route]
+    else:
+        with (data / "clinc150_train.jsonl").open(encoding="utf-8") as rows:
+            texts = [json.loads(line)["text"] for line in rows]
+    return texts[:: max(1, len(texts) // (40 if smoke else 400))]
 
 
-def child(policy_name: str, smoke: bool) -> dict[str, Any]:
+def child(policy_name: str, smoke: bool, data: Path | None) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import torch
 
@@ -110,7 +116,7 @@ def child(policy_name: str, smoke: bool) -> dict[str, Any]:
     from slm_router.agents.base import AgentInput
 
     out["after_import"] = _memory_mb()
-    policy = _clinc_policy() if policy_name == "clinc150" else None
+    policy = _clinc_policy(data) if policy_name == "clinc150" and data is not None else None
     router = Router.from_policy(policy)
     out["after_build"] = _memory_mb()
     router.warmup()
@@ -120,7 +126,7 @@ def child(policy_name: str, smoke: bool) -> dict[str, Any]:
         # What the first escalated English request with a name loads (warmup's prompt names nobody).
         redactor.redact("Hi, I'm Jane Doe, write to jane@example.com.", "en")
         out["after_redaction"] = _memory_mb()
-    texts = _traffic(smoke)
+    texts = _traffic(data, smoke)
     for start in range(0, len(texts), BATCH):  # batches of the policy's default size, as traffic comes
         batch = texts[start : start + BATCH]
         router.embedder.encode(batch)
@@ -134,7 +140,7 @@ def child(policy_name: str, smoke: bool) -> dict[str, Any]:
     return out
 
 
-def _spawn(policy_name: str, smoke: bool) -> dict[str, Any]:
+def _spawn(policy_name: str, smoke: bool, data: Path | None) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [
@@ -143,6 +149,7 @@ def _spawn(policy_name: str, smoke: bool) -> dict[str, Any]:
             "--child",
             policy_name,
             *(["--smoke"] if smoke else []),
+            *(["--data", str(data)] if data is not None else []),
         ],
         capture_output=True,
         text=True,
@@ -155,10 +162,11 @@ def _spawn(policy_name: str, smoke: bool) -> dict[str, Any]:
     return result
 
 
-def measure(smoke: bool) -> dict[str, Any]:
-    """Memory in MiB per stage and the models held, one fresh process per policy."""
-    policies = ["default"] if smoke else ["default", "clinc150"]
-    return {"memory_mb": {name: _spawn(name, smoke) for name in policies}, "smoke": smoke}
+def measure(smoke: bool, data: Path | None = None) -> dict[str, Any]:
+    """Memory in MiB per stage and the models held, one fresh process per policy (the CLINC150 one only
+    with `data`, and not in a smoke run)."""
+    policies = ["default"] if smoke or data is None else ["default", "clinc150"]
+    return {"memory_mb": {name: _spawn(name, smoke, data) for name in policies}, "smoke": smoke}
 
 
 def main() -> None:
@@ -167,12 +175,16 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="Only the default policy.")
     parser.add_argument("--out", type=Path, default=RESULTS / "memory.json")
+    parser.add_argument("--data", type=Path, default=None, help="../shared/data: adds the CLINC150 policy")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="accepted for `python -m bench`; memory is per process"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.smoke)))
+        print(json.dumps(child(args.child, args.smoke, args.data)))
         return
-    result = measure(args.smoke)
+    result = measure(args.smoke, args.data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

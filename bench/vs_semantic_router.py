@@ -63,12 +63,22 @@ class SharedEncoder(DenseEncoder):
 
     type: str = "slm-router"
     _embedder: Embedder = PrivateAttr()
+    _known: dict[str, list[float]] = PrivateAttr(default_factory=dict)
 
     def __init__(self, embedder: Embedder) -> None:
         super().__init__(name=embedder.name)
         self._embedder = embedder
 
+    def remember(self, texts: list[str]) -> None:
+        """Encode `texts` in one batch now, for the accuracy pass (its decisions, not its speed, count)."""
+        self._known = dict(zip(texts, self._embedder.encode(texts).tolist(), strict=True))
+
+    def forget(self) -> None:
+        self._known = {}
+
     def __call__(self, docs: list[Any]) -> list[list[float]]:
+        if len(docs) == 1 and str(docs[0]) in self._known:
+            return [self._known[str(docs[0])]]
         return self._embedder.encode([str(d) for d in docs]).tolist()
 
 
@@ -150,7 +160,8 @@ def measure(data: Path, smoke: bool, threads: int = 2) -> dict[str, Any]:
     start = time.perf_counter()
     sr_index = LocalIndex()
     sr_index.add(embeddings=embeddings, routes=names, utterances=index.texts)
-    sr = IndexedRouter(encoder=SharedEncoder(embedder), index=sr_index)
+    encoder = SharedEncoder(embedder)
+    sr = IndexedRouter(encoder=encoder, index=sr_index)
     sr_build_s = time.perf_counter() - start
     if len(sr.routes) != len(index.routes):
         raise RuntimeError(f"semantic-router holds {len(sr.routes)} routes, slm-router {len(index.routes)}")
@@ -174,13 +185,15 @@ def measure(data: Path, smoke: bool, threads: int = 2) -> dict[str, Any]:
         for r in router.decide_many(texts[i : i + CHUNK], translate=False):
             slm_top.append(r.scores.top)
             slm_routed.append(slm_route(r.decision.code, r.decision.route))
+    encoder.remember(texts)  # semantic-router's own decision on the same vectors, without 3,100 forwards
     sr_names = [getattr(sr(t), "name", None) for t in texts]
+    encoder.forget()
     acc = {
         "slm_router": accuracy(slm_top, slm_routed, truth),
         "semantic_router": accuracy(sr_names, [sr_route(n) for n in sr_names], truth),
     }
 
-    n_latency = 20 if smoke else 200
+    n_latency = 20 if smoke else 150
     load_at_timing = os.getloadavg()  # this run's own threads count here too
     sample = texts[:: max(1, len(texts) // n_latency)][:n_latency]
     lat = interleaved({"slm_router": slm_one, "semantic_router": sr_one, "encoder_only": raw_one}, sample)
@@ -195,7 +208,7 @@ def measure(data: Path, smoke: bool, threads: int = 2) -> dict[str, Any]:
     )
     latency.update({name: _stats(ms) for name, ms in scoring.items()})
 
-    n_batch = 64 if smoke else 1000
+    n_batch = 64 if smoke else 512
     batch = texts[:: max(1, len(texts) // n_batch)][:n_batch]
     labels = truth[:: max(1, len(truth) // n_batch)][:n_batch]
     chunks = [(batch[i : i + CHUNK], labels[i : i + CHUNK]) for i in range(0, len(batch), CHUNK)]

@@ -60,7 +60,7 @@ def compose(
     shared_embedder = embedder or Embedder(
         _embedder_model(policy),
         micro_batch=(policy.hosting.max_batch_size, policy.hosting.batch_wait_timeout_s),
-        encoder=policy.router.encoder,
+        encoder=policy.router.runs_on(),
         encoder_path=policy.resolve(policy.router.encoder_path) if policy.router.encoder_path else None,
     )
     index = RouteIndex.from_policy(policy, shared_embedder)

@@ -36,11 +36,12 @@ def int8() -> Iterator[Embedder]:
     embedder.close()
 
 
-def test_int8_vectors_match_fp32(router: Router, int8: Embedder) -> None:
-    fp32, quantised = router.embedder.encode(SENTENCES), int8.encode(SENTENCES)
+def test_int8_vectors_match_fp32(int8: Embedder) -> None:
+    fp32, quantised = Embedder(encoder="torch").encode(SENTENCES), int8.encode(SENTENCES)
     assert quantised.shape == fp32.shape == (len(SENTENCES), 384) and quantised.dtype == np.float32
     assert np.allclose(np.linalg.norm(quantised, axis=1), 1.0, atol=1e-5)
     assert (fp32 * quantised).sum(axis=1).min() > MIN_COSINE
+    assert not np.allclose(fp32, quantised, atol=1e-6)  # two encoders, not one twice
     assert int8.dimension == 384 and "onnx-int8" in int8.name
 
 
@@ -53,26 +54,38 @@ def test_batched_single_and_cached_int8_vectors_agree(int8: Embedder) -> None:
     assert np.allclose(int8.encode_cached(SENTENCES, "test"), batched, atol=1e-6)
 
 
-def test_cache_keys_on_the_backend(router: Router, int8: Embedder) -> None:
+def test_cache_keys_on_the_backend(int8: Embedder) -> None:
     """fp32 and int8 vectors of the same texts are cached apart: one never reads the other's."""
     texts = SENTENCES[:3]
     quantised = int8.encode_cached(texts, "backend")
-    fp32 = router.embedder.encode_cached(texts, "backend")
-    assert np.allclose(fp32, router.embedder.encode(texts), atol=1e-6)
+    torch_encoder = Embedder(encoder="torch")
+    fp32 = torch_encoder.encode_cached(texts, "backend")
+    assert np.allclose(fp32, torch_encoder.encode(texts), atol=1e-6)
     assert not np.allclose(fp32, quantised, atol=1e-6)
 
 
 def test_int8_router_decides_like_fp32(router: Router, default_policy: Policy) -> None:
-    policy = policy_with(default_policy, **{"router.encoder": "onnx-int8"})
-    int8_router = Router.from_policy(policy)
+    """The default (`auto`) runs int8 for the packaged model; `torch` is the fp32 reference."""
+    assert "onnx-int8" in router.embedder.name
+    policy = policy_with(default_policy, **{"router.encoder": "torch"})
+    fp32_router = Router(policy, pool=router.pool)
     try:
-        assert "onnx-int8" in int8_router.embedder.name
+        assert "onnx-int8" not in fp32_router.embedder.name
         messages = [*SENTENCES[:4], "My package never arrived and nobody answers my emails"]
-        fp32 = [r.decision for r in router.decide_many(messages)]
-        quantised = [r.decision for r in int8_router.decide_many(messages)]
+        fp32 = [r.decision for r in fp32_router.decide_many(messages)]
+        quantised = [r.decision for r in router.decide_many(messages)]
         assert [(d.action, d.route) for d in quantised] == [(d.action, d.route) for d in fp32]
     finally:
-        int8_router.close()
+        fp32_router.close()
+
+
+def test_auto_runs_int8_only_where_an_int8_export_is_known(default_policy: Policy, tmp_path: Path) -> None:
+    assert default_policy.router.runs_on() == "onnx-int8"  # the packaged model ships one
+    custom = policy_with(default_policy, **{"router.embedder": str(tmp_path)})
+    assert custom.router.runs_on() == "torch"  # another model: fp32 unless its export is given
+    exported = policy_with(custom, **{"router.encoder_path": str(tmp_path / "model.onnx")})
+    assert exported.router.runs_on() == "onnx-int8"
+    assert policy_with(default_policy, **{"router.encoder": "torch"}).router.runs_on() == "torch"
 
 
 def test_bad_encoder_path_is_a_load_error(tmp_path: Path) -> None:
@@ -94,4 +107,4 @@ def test_unknown_encoder_is_a_policy_error(default_policy: Policy) -> None:
     with pytest.raises(ValidationError) as info:
         policy_with(default_policy, **{"router.encoder": "int4"})
     message = str(info.value)
-    assert "router.encoder" in message and "'torch'" in message and "'onnx-int8'" in message
+    assert "router.encoder" in message and "'auto'" in message and "'onnx-int8'" in message

