@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-ray test-load lint bench train-sentiment routes clean
+.PHONY: install install-dev demo test test-ray test-load lint bench bench-studies train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +54,13 @@ lint: install-dev
 	$(VENV)/bin/lint-imports --no-cache
 
 # Developer targets: they read the public data sets in $(DATA) (not shipped).
+# `make bench`: the one benchmark run (python -m bench), every figure against a baseline from the same run.
 bench: install-dev
+	$(PIP) install -q -e '.[bench]'
+	$(PY) -m bench --data $(DATA)
+
+# The detailed studies behind bench/README.md's other tables (slower; each writes its own results file).
+bench-studies: install-dev
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/accuracy.py --data $(DATA)
 	$(PY) bench/latency.py
@@ -65,7 +71,6 @@ bench: install-dev
 	$(VENV)/bin/slm-router eval --entities $(DATA)/ner_train.jsonl --translation $(DATA)/dev_translation_en-pt.jsonl \
 		--pair en-pt --pair pt-en --out bench/results/specialists
 	$(PY) bench/clinc_learn.py --data $(DATA)
-	$(PY) bench/fit_compare.py --data $(DATA)
 	$(PY) bench/route_head.py --data $(DATA)
 
 GOEMOTIONS ?= $(DATA)/goemotions_train.jsonl
