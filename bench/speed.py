@@ -12,8 +12,8 @@ with the number of routes and of concurrent callers.
 - Default policy (every specialist): `Router.invoke` on support messages, and `Router.batch` on them.
 - Routes: 10, 150 and 1,000 routes. The 1,000 are synthesised from real intents: every CLINC150 and
   Banking77 train intent is cut into sub-routes of its own utterances (hash order), in proportion to its
-  size, 15 examples each (15k in all, as many as CLINC150's 151 routes), so a route is a real intent's
-  slice; the 1,000-route set is measured with the linear head only (what `auto` would pick at scale).
+  size (20-35 examples each, 25k in all), so a route is a real intent's slice; the 1,000-route set is
+  measured with the linear head only (what `auto` picks there).
 - Concurrency: 1 to 64 threads calling `Router.invoke` (default policy), and a pyinstrument profile of
   one caller, summarised as the functions with the most own time.
 Writes bench/results/speed.json.
@@ -84,11 +84,9 @@ def clinc_routes(data: Path) -> dict[str, list[str]]:
     return dict(by_route)
 
 
-def synthetic_routes(data: Path, count: int, per_route: int = 15) -> dict[str, list[str]]:
+def synthetic_routes(data: Path, count: int) -> dict[str, list[str]]:
     """`count` routes cut from the CLINC150 and Banking77 train intents, each intent into slices of its own
-    utterances in proportion to its size (at least one each; largest remainders get the spare slices),
-    `per_route` examples each: about as many examples in all as CLINC150's 151 routes, so the route count
-    is what changes."""
+    utterances in proportion to its size (at least one each; largest remainders get the spare slices)."""
     intents: dict[str, list[str]] = defaultdict(list)
     for row in _jsonl(data / "clinc150_train.jsonl"):
         if row["intent"] != "oos":
