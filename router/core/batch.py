@@ -34,6 +34,7 @@ from slm_router.router.core.nodes import afallback, check, decide, fallback, gua
 from slm_router.router.core.nodes.answer import specialist_call, specialist_ran
 from slm_router.router.core.nodes.intake import EmbeddingInputs, classified, embedding_inputs
 from slm_router.router.core.nodes.translate import (
+    fallback_refused,
     translate,
     translate_locally,
     untranslatable,
@@ -145,7 +146,8 @@ def _to_check(lanes: list[Lane], c: Components) -> None:
 
 def _translate(lanes: list[Lane], c: Components) -> None:
     """The local agent translates every message that wants it in one call per micro-batch; a message it
-    cannot translate goes through the graph alone (which may ask the fallback, on its own bulkhead)."""
+    cannot translate goes through the graph alone when the fallback may translate it (on its own
+    bulkhead), else the node records why it stays untranslated."""
     target = c.policy.languages.native[0] if lanes else ""
     wanted = [lane for lane in lanes if untranslatable(lane.state["text"]) is None]
     size = c.policy.hosting.max_batch_size
@@ -157,8 +159,8 @@ def _translate(lanes: list[Lane], c: Components) -> None:
         found = translate_locally(c.pool, messages, target, deadline)
         shared_ms = (time.perf_counter() - start) * 1000 / len(chunk)
         for lane, local in zip(chunk, found, strict=True):
-            if local.translation is None:
-                lane.in_graph = True
+            if local.translation is None and fallback_refused(c) is None:
+                lane.in_graph = True  # the fallback may translate it: the graph asks, on its bulkhead
             else:
                 lane.step("translate", translate, lane.state, c, local, shared_ms=shared_ms)
     asked = {id(lane) for lane in wanted}

@@ -185,47 +185,50 @@ class RouteIndex:
     def score_many(self, vectors: np.ndarray) -> list[RouteScores]:
         if self.head is not None:
             probs, in_scope_p = self.head.predict(vectors)
-            return [
-                self._summarise(
-                    probs[i],
-                    ood=bool(in_scope_p[i] < self.ood_false_alarm),
-                    classifier="linear",
-                    in_scope_p=round(float(in_scope_p[i]), 4),
-                )
-                for i in range(len(vectors))
-            ]
+            fields = [{"classifier": "linear", "in_scope_p": round(float(p), 4)} for p in in_scope_p]
+            return self._summarise(probs, in_scope_p < self.ood_false_alarm, fields)
         sims = vectors @ self.vectors.T
         scores = self.knn_scores(sims)
-        probs = softmax(scores, self.temperature)
         max_sims = sims.max(axis=1)
-        return [
-            self._summarise(
-                probs[i],
-                ood=bool(max_sims[i] < self.ood_threshold),
-                max_similarity=float(max_sims[i]),
-                similarities={r: round(float(v), 4) for r, v in zip(self.routes, scores[i], strict=True)},
-            )
-            for i in range(len(vectors))
+        fields = [
+            {
+                "max_similarity": float(best),
+                "similarities": dict(
+                    zip(self.routes, np.round(row.astype(np.float64), 4).tolist(), strict=True)
+                ),
+            }
+            for best, row in zip(max_sims, scores, strict=True)
         ]
+        return self._summarise(softmax(scores, self.temperature), max_sims < self.ood_threshold, fields)
 
     def score(self, vector: np.ndarray) -> RouteScores:
         return self.score_many(vector[None, :])[0]
 
-    def _summarise(self, probs: np.ndarray, ood: bool, **scorer_fields: Any) -> RouteScores:
-        """The fields both scorers share, plus `scorer_fields` (one model built per request, not two)."""
-        order = np.argsort(-probs)
-        top = int(order[0])
-        second = int(order[1]) if len(order) > 1 else None
-        # Built without validation: every field comes from this method, on the request path (~0.1 ms saved).
-        return RouteScores.model_construct(
-            probabilities=dict(zip(self.routes, np.round(probs.astype(np.float64), 4).tolist(), strict=True)),
-            top=self.routes[top],
-            confidence=float(probs[top]),
-            runner_up=self.routes[second] if second is not None else None,
-            margin=float(probs[top] - (probs[second] if second is not None else 0.0)),
-            ood=ood,
-            **scorer_fields,
-        )
+    def _summarise(
+        self, probs: np.ndarray, ood: np.ndarray, fields: list[dict[str, Any]]
+    ) -> list[RouteScores]:
+        """The fields both scorers share, row by row, plus each row's scorer `fields`. Sorted and rounded
+        once for the batch, and built without re-validation (every field comes from here): this runs on
+        the request path, where it saves ~0.1 ms a request."""
+        rows = np.arange(len(probs))
+        order = np.argsort(-probs, axis=1)
+        top = order[:, 0]
+        confidence = probs[rows, top]
+        second = order[:, 1] if probs.shape[1] > 1 else None
+        margin = confidence - (probs[rows, second] if second is not None else 0.0)
+        rounded = np.round(probs.astype(np.float64), 4).tolist()
+        return [
+            RouteScores.model_construct(
+                probabilities=dict(zip(self.routes, rounded[i], strict=True)),
+                top=self.routes[top[i]],
+                confidence=float(confidence[i]),
+                runner_up=self.routes[second[i]] if second is not None else None,
+                margin=float(margin[i]),
+                ood=bool(ood[i]),
+                **fields[i],
+            )
+            for i in rows
+        ]
 
     def route_similarities(self, vector: np.ndarray) -> dict[str, float]:
         """Each route's kNN score, whatever the scorer: what `explain` shows beside the nearest examples."""

@@ -134,10 +134,10 @@ def translate(
     local = _local(state, c, target, tried, asked)
     if local is not None:
         return local
-    refused = _fallback_refused(c)
+    refused = fallback_refused(c)
     if refused is not None:
         return _untranslated(source, target, [*tried, refused])
-    assert c.fallback is not None  # _fallback_refused says so otherwise
+    assert c.fallback is not None  # fallback_refused says so otherwise
     try:
         answer = c.fallback.answer(state["text"], _prompt(source, target), None, state["deadline"])
     except AgentError as exc:
@@ -156,7 +156,7 @@ async def atranslate(state: RouterState, c: Components) -> tuple[RouterState, In
     local = await asyncio.to_thread(_local, state, c, target, tried)
     if local is not None:
         return local
-    refused = _fallback_refused(c)
+    refused = fallback_refused(c)
     if refused is not None:
         return _untranslated(source, target, [*tried, refused])
     assert c.fallback is not None
@@ -179,7 +179,7 @@ def _local(
     return _translated(local.translation, 0.0, {"confidence": round(local.confidence, 4)})
 
 
-def _fallback_refused(c: Components) -> str | None:
+def fallback_refused(c: Components) -> str | None:
     """Why the fallback may not translate now (none configured, or the escalation budget is spent)."""
     if c.fallback is None:
         return "no fallback"
