@@ -274,14 +274,28 @@ def main() -> None:
                 file=sys.stderr,
             )
     print(goals_table(summary))
-    if not args.smoke and not args.only:
-        summary["_run"] = {
-            "date": time.strftime("%Y-%m-%d"),
+    if not args.smoke:
+        # A run of some sections (--only) replaces just those in the summary the last full run wrote.
+        path = RESULTS / "summary.json"
+        merged = json.loads(path.read_text(encoding="utf-8")) if args.only and path.is_file() else {}
+        meta = merged.get("_run", {})
+        today = time.strftime("%Y-%m-%d")
+        commands = {
+            **meta.get("commands", {}),
+            **{name: "python -m bench " + shlex.join(sys.argv[1:]) for name in chosen},
+        }
+        merged.update(summary)
+        merged["_run"] = {
+            "date": today,
             "machine": machine(),
             "threads": args.threads,
-            "sections": states,
+            "sections": {
+                **meta.get("sections", {}),
+                **{name: f"{state} {today}" for name, state in states.items()},
+            },
+            "commands": commands,
         }
-        write_summary(summary, "python -m bench " + shlex.join(sys.argv[1:]))
+        write_summary(merged, "; ".join(sorted(set(commands.values()))))
     sys.exit(1 if "failed" in states.values() else 0)
 
 
