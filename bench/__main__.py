@@ -108,37 +108,33 @@ def _get(report: dict[str, Any], path: str) -> Any:
     return node
 
 
-GOALS: list[tuple[str, str, str, str]] = [
-    # (figure, section.path of the ratio, goal, how to read it)
-    ("decision p50 at batch 1 / raw forward", "speed.decision.decide_over_raw_p50", "<= 1.10", "lower"),
-    ("decision p99 at batch 1 / raw forward", "speed.decision.decide_over_raw_p99", "-", "lower"),
-    ("`invoke` p50 at batch 1 / raw forward", "speed.decision.invoke_over_raw_p50", "-", "lower"),
+GOALS: list[tuple[str, str, str]] = [
+    # (figure, section.path of the ratio, goal)
+    ("decision p50 at batch 1 / raw forward", "speed.decision.decide_over_raw_p50", "<= 1.10"),
+    ("decision p99 at batch 1 / raw forward", "speed.decision.decide_over_raw_p99", "-"),
+    ("`invoke` p50 at batch 1 / raw forward", "speed.decision.invoke_over_raw_p50", "-"),
     (
         "`decide_many` throughput / raw (chunks of 64)",
         "speed.batched.decide_many_over_raw",
         ">= 0.9",
-        "higher",
     ),
-    ("`Router.batch` throughput / raw", "speed.batched.batch_over_raw", ">= 0.9", "higher"),
-    ("`Router.abatch` throughput / raw", "speed.batched.abatch_over_raw", "-", "higher"),
-    ("`invoke` one by one, throughput / raw", "speed.batched.invoke_each_over_raw", "-", "higher"),
+    ("`Router.batch` throughput / raw", "speed.batched.batch_over_raw", ">= 0.9"),
+    ("`Router.abatch` throughput / raw", "speed.batched.abatch_over_raw", "-"),
+    ("`invoke` one by one, throughput / raw", "speed.batched.invoke_each_over_raw", "-"),
     (
         "`/v1/route/batch` throughput / raw",
         "service.routing.batch.batch_endpoint_over_raw",
         ">= 0.8",
-        "higher",
     ),
     (
         "`/v1/route` p50 / in-process `invoke` (routing)",
         "service.routing.single.http_over_invoke_p50",
         "<= 1.3",
-        "lower",
     ),
     (
         "`/v1/route` p50 / in-process `invoke` (specialists)",
         "service.default.single.http_over_invoke_p50",
         "<= 1.3",
-        "lower",
     ),
 ]
 
@@ -153,7 +149,7 @@ def _cell(value: Any) -> str:
 
 def goals_table(summary: dict[str, Any]) -> str:
     rows = ["| figure (same run, same encoder and threads) | measured | goal |", "|---|---:|---|"]
-    for figure, path, goal, _ in GOALS:
+    for figure, path, goal in GOALS:
         section, _, rest = path.partition(".")
         rows.append(f"| {figure} | {_cell(_get(summary.get(section, {}), rest))} | {goal} |")
     rows += [f"| {figure} | {_cell(value)} | {goal} |" for figure, value, goal in extra_rows(summary)]

@@ -14,7 +14,6 @@ batch figures alternate so that the two never run at once. Writes bench/results/
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -28,6 +27,7 @@ import httpx
 import yaml
 
 from bench.route_head import routes_policy_dict
+from bench.section import section_main
 from bench.serving import _port, load, start_server, stop_server, wait_ready
 from bench.speed import SUPPORT, clinc_routes
 from slm_router.policies import DEFAULT_POLICY, load_policy, policy_from_dict
@@ -148,18 +148,7 @@ def _serve(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=None, help="../shared/data (CLINC150 train and val)")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
-    args = parser.parse_args()
-    report = measure(args.data, args.smoke, args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    section_main(measure, __doc__, RESULTS / "service.json", "../shared/data (CLINC150 train and val)")
 
 
 if __name__ == "__main__":

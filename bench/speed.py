@@ -21,7 +21,6 @@ Writes bench/results/speed.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.route_head import routes_policy
+from bench.section import section_main
 from slm_router.policies import Policy, load_policy
 from slm_router.router import Router
 from slm_router.router.core.index import load_utterances
@@ -278,18 +278,7 @@ def _default_router() -> Router:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=None, help="../shared/data (CLINC150, Banking77 train)")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
-    args = parser.parse_args()
-    report = measure(args.data, args.smoke, args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    section_main(measure, __doc__, RESULTS / "speed.json", "../shared/data (CLINC150, Banking77 train)")
 
 
 if __name__ == "__main__":
