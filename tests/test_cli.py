@@ -40,7 +40,7 @@ def test_route_json_validates_against_schema() -> None:
 
 def test_invalid_utf8_on_stdin_is_a_clean_error() -> None:
     proc = _run("route", "-", stdin=b"caf\xe9 \xff\xfe")
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
 
 
@@ -54,7 +54,7 @@ def test_invalid_utf8_on_stdin_is_a_clean_error() -> None:
 )
 def test_errors_are_messages_not_tracebacks(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a runtime error; 2 is for options that make no valid command
     assert needle in result.output
     assert "Traceback" not in result.output
 
@@ -123,3 +123,12 @@ def test_importing_the_command_line_loads_no_server_or_operator_tool() -> None:
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_version_and_exit_codes() -> None:
+    from importlib.metadata import version
+
+    shown = CliRunner().invoke(app, ["--version"])
+    assert shown.exit_code == 0 and shown.output.strip() == f"slm-router {version('slm-router')}"
+    bad_option = CliRunner().invoke(app, ["log", "stats", "--since", "soon"])
+    assert bad_option.exit_code == 2 and "--since" in bad_option.output and "see --help" in bad_option.output

@@ -159,7 +159,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = tmp_path / "nope.db"
     out = runner.invoke(app, ["log", "tail", "--db", str(missing)])
-    assert out.exit_code == 2 and "no decision log" in out.output and str(missing) in out.output
+    assert out.exit_code == 1 and "no decision log" in out.output and str(missing) in out.output
     assert "Traceback" not in out.output
     out = runner.invoke(app, ["log", "stats", "--since", "soon", "--db", str(missing)])
     assert out.exit_code == 2 and "--since" in out.output

@@ -118,7 +118,7 @@ def test_cli_tune_says_when_a_target_cannot_be_met(data_file: Path, tmp_path: Pa
     out = tmp_path / "never.yaml"
     result = CliRunner().invoke(app, ["tune", str(data_file), "--out", str(out), "--max-escalation", "0"])
     message = " ".join(result.output.split())
-    assert result.exit_code == 2 and "cannot be met" in message and "lowest reachable escalation" in message
+    assert result.exit_code == 1 and "cannot be met" in message and "lowest reachable escalation" in message
     assert not out.exists()
 
 
@@ -143,4 +143,4 @@ def test_cli_tune_to_a_cost_budget_from_the_policy_prices(data_file: Path, tmp_p
     no_price = CliRunner().invoke(
         app, ["tune", str(data_file), "-p", str(free), "--out", str(tmp_path / "x.yaml"), "--budget", "1"]
     )
-    assert no_price.exit_code == 2 and "pricing.models.fallback" in " ".join(no_price.output.split())
+    assert no_price.exit_code == 1 and "pricing.models.fallback" in " ".join(no_price.output.split())

@@ -14,6 +14,25 @@ from slm_router.router.cli import evaluate, learn, log, policy, routing, serve, 
 app = typer.Typer(
     help="Route each request to the cheapest model that can answer it well.", no_args_is_help=True
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"slm-router {version('slm-router')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Route each request to the cheapest model that can answer it well."""
+
+
 app.command()(routing.route)
 app.command()(routing.explain)
 app.command()(routing.demo)

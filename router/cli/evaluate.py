@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from slm_router.router.cli.options import PolicyOpt, load_router
-from slm_router.router.cli.output import console, fail, progress, result_table
+from slm_router.router.cli.output import console, fail, progress, result_table, usage
 
 if TYPE_CHECKING:
     from slm_router.router.ops.report import FullReport, SpecialistReport
@@ -72,7 +72,7 @@ def eval_(
     )
 
     if data is None and not (sentiment or entities or translation):
-        fail("give a routing data file, or --sentiment / --entities / --translation files")
+        usage("give a routing data file, or --sentiment / --entities / --translation files")
     mapping = _label_map(label_map)
     router = load_router(policy)
     full = FullReport(data=str(data or ""))
@@ -179,7 +179,7 @@ def _label_map(spec: str | None) -> dict[str, tuple[str, ...]] | None:
     try:
         return resolve_label_map(spec)
     except ValueError as exc:
-        fail(f"--label-map: {exc}")
+        usage(f"--label-map: {exc}")
 
 
 def _print_report(full: FullReport) -> None:

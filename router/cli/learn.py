@@ -10,7 +10,7 @@ import typer
 
 from slm_router.policies import DEFAULT_POLICY
 from slm_router.router.cli.options import DbOpt, PolicyOpt, load_router, open_decision_log
-from slm_router.router.cli.output import console, err, fail, progress, result_table
+from slm_router.router.cli.output import console, err, fail, progress, result_table, usage
 
 
 def learn(
@@ -44,12 +44,12 @@ def learn(
     from slm_router.router.ops.training import read_labelled
 
     if labels is None and not from_log:
-        fail("give --labels FILE (operator labels) and/or --from-log (teacher-labelled escalations)")
+        usage("give --labels FILE (operator labels) and/or --from-log (teacher-labelled escalations)")
     if write and out is None:
-        fail("--write needs --out: where to write the new policy")
+        usage("--write needs --out: where to write the new policy")
     if write and out is not None and out.exists() and not force:
         live = out.resolve() == (policy or DEFAULT_POLICY).resolve()
-        fail(f"{out} {'is the policy in use' if live else 'exists'}; pass --force to overwrite it")
+        usage(f"{out} {'is the policy in use' if live else 'exists'}; pass --force to overwrite it")
     try:
         log_rows = open_decision_log(policy, db).tail(limit) if from_log else []
     except DecisionLogError as exc:

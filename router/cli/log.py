@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from slm_router.router.cli.options import DbOpt, PolicyOpt, open_decision_log
-from slm_router.router.cli.output import console, fail
+from slm_router.router.cli.output import console, fail, usage
 from slm_router.router.errors import SlmRouterError
 
 app = typer.Typer(help="Read the decision log (every routed request).", no_args_is_help=True)
@@ -24,9 +24,9 @@ def _parse_since(since: str) -> float:
     try:
         seconds = float(value) * SINCE_UNITS[unit]
     except (KeyError, ValueError):
-        fail(f"--since must look like 30m, 1h, 2d or 90s, got {since!r}")
+        usage(f"--since must look like 30m, 1h, 2d or 90s, got {since!r}")
     if seconds <= 0:
-        fail(f"--since must be positive, got {since!r}")
+        usage(f"--since must be positive, got {since!r}")
     return seconds
 
 
@@ -122,7 +122,7 @@ def log_export(
 ) -> None:
     """Write every decision, oldest first, as JSON lines or CSV."""
     if fmt not in ("jsonl", "csv"):
-        fail(f"--format must be 'jsonl' or 'csv', got {fmt!r}")
+        usage(f"--format must be 'jsonl' or 'csv', got {fmt!r}")
     try:
         count = open_decision_log(policy, db).export(file, "csv" if fmt == "csv" else "jsonl")
     except SlmRouterError as exc:

@@ -16,10 +16,18 @@ console = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One red line instead of a traceback: every error a user can cause ends here."""
+def fail(message: str) -> NoReturn:
+    """One red line instead of a traceback, exit code 1: what went wrong while running (a file, the policy,
+    a model, the input text)."""
     err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+    raise typer.Exit(1)
+
+
+def usage(message: str) -> NoReturn:
+    """The same line, exit code 2 (the code click gives its own parsing errors): the options given do not
+    make a valid command."""
+    err.print(f"[bold red]error:[/] {message} (see --help)")
+    raise typer.Exit(2)
 
 
 def result_table(title: str, rows: list[tuple[str, str]]) -> Table:

@@ -24,7 +24,7 @@ def policy_validate(file: Annotated[Path, typer.Argument(help="Policy YAML file.
         policy = with_agent_routes(load_policy(file))
         counts = {name: len(texts) for name, texts in load_utterances(policy).items()}
     except PolicyError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc))
     console.print(f"[green]ok[/] {file}: " + ", ".join(f"{k} ({v} examples)" for k, v in counts.items()))
 
 

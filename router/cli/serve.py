@@ -9,7 +9,7 @@ import typer
 
 from slm_router.policies import PolicyError, load_policy
 from slm_router.router.cli.options import PolicyOpt
-from slm_router.router.cli.output import console, fail
+from slm_router.router.cli.output import console, fail, usage
 from slm_router.router.errors import SlmRouterError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def serve(
     from slm_router.router.service.app import create_app
 
     if backend not in (None, "local", "ray"):
-        fail(f"--backend must be 'local' or 'ray', got {backend!r}")
+        usage(f"--backend must be 'local' or 'ray', got {backend!r}")
     try:
         conf = load_policy(policy)
     except PolicyError as exc:
@@ -54,7 +54,7 @@ def serve(
             else:  # e.g. Ray Serve's deployment failure, whose message can carry whole tracebacks
                 first = (str(exc).strip().splitlines() or [""])[0]
                 reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-            fail(f"could not start the router ({backend or conf.hosting.backend} backend): {reason}", code=1)
+            fail(f"could not start the router ({backend or conf.hosting.backend} backend): {reason}")
     app_ = create_app(router, conf.server, keys)
     console.print(
         f"serving on http://{bind_host}:{port or conf.server.port}  (docs: /docs, metrics: /metrics)"

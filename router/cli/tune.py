@@ -9,7 +9,7 @@ from typing import Annotated, cast
 import typer
 
 from slm_router.router.cli.options import PolicyOpt, load_router
-from slm_router.router.cli.output import console, fail, result_table
+from slm_router.router.cli.output import console, fail, result_table, usage
 
 
 def tune(
@@ -68,12 +68,12 @@ def tune(
     }
     chosen_targets = [(k, v) for k, v in targets.items() if v is not None]
     if len(chosen_targets) != 1:
-        fail(
+        usage(
             "give exactly one target: --max-escalation, --min-accuracy, --budget, --max-false-escalation "
             "or --min-oos-recall"
         )
     if out.exists() and not force:
-        fail(f"{out} exists; pass --force to overwrite it")
+        usage(f"{out} exists; pass --force to overwrite it")
     kind, value = chosen_targets[0]
     router = load_router(policy)
     pricing = router.policy.pricing
