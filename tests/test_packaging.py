@@ -121,8 +121,9 @@ def test_wheel_installs_next_to_a_top_level_agents_package(tmp_path: Path) -> No
     assert {n.split("/")[0] for n in names} == {"slm_router", dist_info}
     assert zipfile.ZipFile(ours).read(f"{dist_info}/top_level.txt").decode().split() == ["slm_router"]
     shipped = {n for n in names if n.startswith("slm_router/")}
-    expected = source_files() | {"slm_router/__init__.py"}
+    expected = source_files() | {"slm_router/__init__.py", "slm_router/py.typed"}
     assert shipped == expected, f"missing: {sorted(expected - shipped)}, extra: {sorted(shipped - expected)}"
+    assert any(n.startswith(f"{dist_info}/") and "LICENSE" in n for n in names)  # the Apache-2.0 text
 
     theirs = build_wheel(fake_agents_project(tmp_path), wheels)
     venv = tmp_path / "venv"
