@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -116,15 +116,13 @@ def log_stats(
 @app.command("export")
 def log_export(
     file: Annotated[Path, typer.Argument(help="Output file.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl | csv")] = "jsonl",
+    fmt: Annotated[Literal["jsonl", "csv"], typer.Option("--format")] = "jsonl",
     policy: PolicyOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Write every decision, oldest first, as JSON lines or CSV."""
-    if fmt not in ("jsonl", "csv"):
-        usage(f"--format must be 'jsonl' or 'csv', got {fmt!r}")
     try:
-        count = open_decision_log(policy, db).export(file, "csv" if fmt == "csv" else "jsonl")
+        count = open_decision_log(policy, db).export(file, fmt)
     except SlmRouterError as exc:
         fail(str(exc))
     console.print(f"[green]wrote[/] {count} decisions to {file}")

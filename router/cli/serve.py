@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from slm_router.policies import PolicyError, load_policy
 from slm_router.router.cli.options import PolicyOpt
-from slm_router.router.cli.output import console, fail, usage
+from slm_router.router.cli.output import console, fail
 from slm_router.router.errors import SlmRouterError
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def serve(
     policy: PolicyOpt = None,
     backend: Annotated[
-        str | None, typer.Option(help="local | ray (default: the policy's hosting.backend)")
+        Literal["local", "ray"] | None, typer.Option(help="Default: the policy's hosting.backend.")
     ] = None,
     host: Annotated[
         str | None, typer.Option(help="Bind address (default: the policy's server.host).")
@@ -31,8 +31,6 @@ def serve(
     from slm_router.router.service.api_keys import ServerConfigError, resolve_api_keys
     from slm_router.router.service.app import create_app
 
-    if backend not in (None, "local", "ray"):
-        usage(f"--backend must be 'local' or 'ray', got {backend!r}")
     try:
         conf = load_policy(policy)
     except PolicyError as exc:
@@ -46,7 +44,7 @@ def serve(
 
     with console.status(f"loading models ({backend or conf.hosting.backend} backend)..."):
         try:
-            router = Router(conf, backend="ray" if backend == "ray" else "local" if backend else None)
+            router = Router(conf, backend=backend)
         except Exception as exc:  # start-up / deployment failure: one line, the traceback only at debug
             log.debug("router start-up failed", exc_info=True)
             if isinstance(exc, SlmRouterError):
