@@ -53,6 +53,7 @@ SECTIONS = {
     ),
     "int8": Section("bench.int8", "the int8 ONNX encoder vs fp32: latency and routing accuracy", 180),
     "memory": Section("bench.memory", "resident memory: router, specialists, shared models", 180),
+    "startup": Section("bench.startup", "import slm_router and slm-router --help in a fresh process", 120),
     "specialists": Section(
         "bench.specialists",
         "each specialist in-process and on Ray Serve vs the fallback",
@@ -162,6 +163,7 @@ def extra_rows(summary: dict[str, Any]) -> list[tuple[str, Any, str]]:
     int8 = summary.get("int8", {})
     memory = summary.get("memory", {})
     warm = _get(memory, "memory_mb.default.after_warmup")
+    startup = summary.get("startup", {})
     return [
         (
             "speed-up vs semantic-router 1.1.1, batch-1 p50",
@@ -204,6 +206,8 @@ def extra_rows(summary: dict[str, Any]) -> list[tuple[str, Any, str]]:
             None if warm is None else f"{warm['rss']:g} + {warm['children_rss']:g}",
             "reported",
         ),
+        ("`import slm_router`, fresh process (s)", _get(startup, "import_slm_router.median_s"), "< 1"),
+        ("`slm-router --help`, fresh process (s)", _get(startup, "cli_help.median_s"), "< 1"),
     ]
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from slm_router.agents.base import AgentDetails
+from slm_router.router.core import outputs as _outputs  # noqa: F401 (registers the flows' details types)
 from slm_router.router.core.rules import ReasonCode
 
 _INT64 = 2**63

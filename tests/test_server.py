@@ -127,6 +127,9 @@ def test_bad_requests_are_4xx_json_without_traceback(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["type"] == kind and needle in error["message"]
+    assert error["code"] == kind  # OpenAI's envelope too: message, type, code, param
+    if content == b'{"txt": "hello"}':
+        assert error["param"] == "text"  # the field at fault
     assert "Traceback" not in response.text and 'File "' not in response.text
 
 
@@ -272,7 +275,8 @@ def test_the_gate_and_the_app_answer_errors_in_one_shape() -> None:
     `ErrorResponse` the OpenAPI document promises."""
     from_gate = json.loads(error_bytes("unauthorized", "missing key"))
     from_app = json.loads(bytes(error_response(401, "unauthorized", "missing key").body))
-    assert from_gate == from_app == {"error": {"type": "unauthorized", "message": "missing key"}}
+    expected = {"type": "unauthorized", "code": "unauthorized", "message": "missing key"}
+    assert from_gate == from_app == {"error": expected}
     ErrorResponse.model_validate(from_gate)
     retried = error_response(503, "fallback_unavailable", "circuit open", retry_after_s=4.2)
     assert retried.headers["Retry-After"] == "5"

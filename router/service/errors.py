@@ -28,10 +28,22 @@ log = logging.getLogger("slm_router.server")
 
 
 class ErrorBody(BaseModel):
+    """Our error shape, and OpenAI's too (`message`, `type`, `code`, `param`), so OpenAI clients read it."""
+
     type: str
     message: str
+    code: str | None = Field(default=None, description="OpenAI-compatible: the same value as `type`.")
+    param: str | None = Field(
+        default=None, description="OpenAI-compatible: the request field at fault, when one is."
+    )
     details: list[dict[str, Any]] | None = None
     status: int | None = Field(default=None, description="In a batch item: the status it would have alone.")
+
+    @classmethod
+    def of(cls, kind: str, message: str, details: list[dict[str, Any]] | None = None) -> "ErrorBody":
+        field = str(details[0].get("field", "")) if details else ""
+        param = field.removeprefix("body.").removeprefix("body") or None
+        return cls(type=kind, code=kind, message=message, param=param, details=details)
 
 
 class ErrorResponse(BaseModel):
@@ -70,7 +82,7 @@ ROUTING_ERRORS = documented(400, 401, 413, 422, 429, 503, 504)
 
 def error_bytes(kind: str, message: str) -> bytes:
     """The error body for the raw ASGI gate, which answers before FastAPI runs."""
-    return json.dumps({"error": ErrorBody(type=kind, message=message).model_dump(exclude_none=True)}).encode()
+    return json.dumps({"error": ErrorBody.of(kind, message).model_dump(exclude_none=True)}).encode()
 
 
 def error_response(
@@ -80,7 +92,7 @@ def error_response(
     details: list[dict[str, Any]] | None = None,
     retry_after_s: float | None = None,
 ) -> JSONResponse:
-    body = ErrorBody(type=kind, message=message, details=details).model_dump(exclude_none=True)
+    body = ErrorBody.of(kind, message, details).model_dump(exclude_none=True)
     response = JSONResponse({"error": body}, status_code=status)
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))

@@ -64,7 +64,7 @@ async def route_stream(
         except Exception as exc:  # the status line is already sent: the error becomes the last event
             _, kind, message = classify_error(exc)
             metrics.errors.labels(kind).inc()
-            body = ErrorBody(type=kind, message=message).model_dump_json(exclude_none=True)
+            body = ErrorBody.of(kind, message).model_dump_json(exclude_none=True)
             yield f'event: error\ndata: {{"error": {body}}}\n\n'
         finally:
             await finish()
@@ -100,7 +100,7 @@ async def route_batch(
         else:
             status, kind, message = classify_error(outcome)
             dispatcher.metrics.errors.labels(kind).inc()
-            items.append(BatchItem(error=ErrorBody(type=kind, message=message, status=status)))
+            items.append(BatchItem(error=ErrorBody.of(kind, message).model_copy(update={"status": status})))
     return BatchResponse(results=items)
 
 
