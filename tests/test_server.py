@@ -280,3 +280,23 @@ def test_the_gate_and_the_app_answer_errors_in_one_shape() -> None:
     ErrorResponse.model_validate(from_gate)
     retried = error_response(503, "fallback_unavailable", "circuit open", retry_after_s=4.2)
     assert retried.headers["Retry-After"] == "5"
+
+
+def test_models_lists_the_router_and_one_model_per_route(client: httpx.Client) -> None:
+    listed = client.get("/v1/models").json()
+    ids = [m["id"] for m in listed["data"]]
+    assert listed["object"] == "list" and ids[0] == "slm-router"
+    assert {"slm-router/sentiment", "slm-router/extract", "slm-router/translate"} <= set(ids)
+    assert all(m["object"] == "model" and m["owned_by"] == "slm-router" for m in listed["data"])
+    forced = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "slm-router/sentiment",
+            "messages": [{"role": "user", "content": "Order 12345 is late"}],
+        },
+    ).json()
+    assert forced["model"] == "slm-router/sentiment" and forced["slm_router"]["route"] == "sentiment"
+    unknown = client.post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"

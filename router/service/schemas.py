@@ -11,6 +11,8 @@ from slm_router.router.result import RouteResult, Translation
 from slm_router.router.service.errors import ErrorBody
 
 MODEL_NAME = "slm-router"
+ROUTE_MODEL_PREFIX = f"{MODEL_NAME}/"
+"""`slm-router/<route>` as a chat model forces that route (what `RouteRequest.route` does)."""
 
 
 class BatchRequest(BaseModel):
@@ -73,6 +75,20 @@ class RoutingInfo(BaseModel):
     total_ms: float
 
 
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models`, in OpenAI's shape."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = MODEL_NAME
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: dict[str, str]
@@ -84,7 +100,7 @@ class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
-    model: str = MODEL_NAME
+    model: str
     choices: list[ChatChoice]
     slm_router: RoutingInfo
 
