@@ -42,8 +42,12 @@ def load_policy(path: str | Path | None = None, env: Mapping[str, str] | None = 
     if not source.is_file() and source.suffix == "" and (PRESETS_DIR / f"{source}.yaml").is_file():
         source = preset_path(str(source))  # a preset by name: `-p privacy-strict`
     data = _read(source, seen=())
-    _apply_env_overrides(data, os.environ if env is None else env)
-    return policy_from_dict(data, source=str(source), base_dir=source.resolve().parent)
+    overrides = _apply_env_overrides(data, os.environ if env is None else env, str(source))
+    try:
+        return policy_from_dict(data, source=str(source), base_dir=source.resolve().parent)
+    except PolicyError as exc:  # say which problems an environment variable made, not the file
+        problems = [_blame(problem, overrides) for problem in exc.problems]
+        raise PolicyError(exc.source, problems) from None
 
 
 def _read(source: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -128,12 +132,32 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return str(problem)
 
 
-def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for key, raw in env.items():
+def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str], source: str) -> dict[str, str]:
+    """Apply `SLM_ROUTER__A__B=value` (the value read as YAML); returns each dotted key set and its
+    variable, so a problem it causes names the variable."""
+    overrides: dict[str, str] = {}
+    for key, raw in sorted(env.items()):
         if not key.startswith(ENV_PREFIX):
             continue
         path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            raise PolicyError(source, [f"{key}: names no policy key (use {ENV_PREFIX}SECTION__KEY)"])
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise PolicyError(source, [f"{key}: not a YAML value: {_yaml_problem(exc)}"]) from None
         node = data
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                where = ".".join(path[: depth + 1])
+                raise PolicyError(source, [f"{key}: {where} is a value, not a section with keys"])
+        node[path[-1]] = value
+        overrides[".".join(path)] = key
+    return overrides
+
+
+def _blame(problem: str, overrides: dict[str, str]) -> str:
+    where = problem.split(":", 1)[0]
+    variable = overrides.get(where)
+    return f"{problem} (set by {variable})" if variable else problem

@@ -161,3 +161,16 @@ def test_cli_validate_ok_and_errors(tmp_path: Path) -> None:
     assert "routes.sentiment.min_confidence" in result.output
     assert "limits.max_chars" in result.output
     assert "Traceback" not in result.output
+
+
+def test_environment_overrides_name_the_variable_at_fault() -> None:
+    with pytest.raises(PolicyError) as bad_value:
+        load_policy(env={"SLM_ROUTER__ROUTER__TOP_K": "abc"})
+    assert "router.top_k" in str(bad_value.value) and "(set by SLM_ROUTER__ROUTER__TOP_K)" in str(
+        bad_value.value
+    )
+    with pytest.raises(PolicyError, match="SLM_ROUTER__ROUTER__TOP_K: not a YAML value"):
+        load_policy(env={"SLM_ROUTER__ROUTER__TOP_K": "a: b: c"})
+    with pytest.raises(PolicyError, match=r"router\.top_k is a value, not a section"):
+        load_policy(env={"SLM_ROUTER__ROUTER__TOP_K__X": "1"})
+    assert load_policy(env={"SLM_ROUTER__ROUTER__TOP_K": "7"}).router.top_k == 7
