@@ -110,6 +110,15 @@ def _events(node: str, change: dict[str, Any]) -> list[RouteEvent]:
     return events
 
 
+RUN_NAME = "slm-router"
+
+
+def named(config: RunnableConfig | None) -> RunnableConfig:
+    """The caller's config, its run named `slm-router` (not "LangGraph") in traces unless it names it."""
+    given: dict[str, Any] = dict(config or {})
+    return cast(RunnableConfig, {**given, "run_name": given.get("run_name") or RUN_NAME})
+
+
 def tenant_of(config: RunnableConfig | None) -> str:
     """The tenant a call acts for: conversation memory is never shared across tenants."""
     tenant = ((config or {}).get("configurable") or {}).get("tenant")
@@ -136,6 +145,8 @@ def coerce_request(value: RouterInput) -> RouteRequest:
 
 class Router(Runnable[RouterInput, RouteResult]):
     """Routes text to the cheapest capable model. Build once (models load lazily), call from many threads."""
+
+    name = RUN_NAME
 
     def __init__(
         self,
@@ -235,7 +246,7 @@ class Router(Runnable[RouterInput, RouteResult]):
         service sets it from the API key); without it every caller shares the "default" tenant."""
         request = coerce_request(input)
         tenant = tenant_of(config)
-        state = cast(GraphOutput, self.graph.invoke(self._start(request, tenant), config=config))
+        state = cast(GraphOutput, self.graph.invoke(self._start(request, tenant), config=named(config)))
         return self._finish(request, tenant, state)
 
     async def ainvoke(
@@ -243,7 +254,9 @@ class Router(Runnable[RouterInput, RouteResult]):
     ) -> RouteResult:
         request = coerce_request(input)
         tenant = tenant_of(config)
-        state = cast(GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=config))
+        state = cast(
+            GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=named(config))
+        )
         return self._finish(request, tenant, state)
 
     def batch(
@@ -391,7 +404,7 @@ class Router(Runnable[RouterInput, RouteResult]):
         request = coerce_request(input)
         tenant = tenant_of(config)
         initial = self._start(request, tenant)
-        async for update in self.graph.astream(initial, config=config, stream_mode="updates"):
+        async for update in self.graph.astream(initial, config=named(config), stream_mode="updates"):
             for node, change in update.items():
                 if node == "respond" and request.conversation_id is not None:
                     self.conversations.save(tenant, request.conversation_id, change["history"])
