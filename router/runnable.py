@@ -243,20 +243,27 @@ class Router(Runnable[RouterInput, RouteResult]):
 
     def invoke(self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any) -> RouteResult:
         """Route one request. `config["configurable"]["tenant"]` scopes conversation memory (the HTTP
-        service sets it from the API key); without it every caller shares the "default" tenant."""
-        request = coerce_request(input)
-        tenant = tenant_of(config)
-        state = cast(GraphOutput, self.graph.invoke(self._start(request, tenant), config=named(config)))
-        return self._finish(request, tenant, state)
+        service sets it from the API key); without it every caller shares the "default" tenant.
+
+        The call is its own run (named `slm-router`, ending with the `RouteResult`), and the controller
+        graph's nodes are its children, so callbacks, tags and `astream_events` see the whole request."""
+        return self._call_with_config(self._invoke, input, config, **kwargs)
 
     async def ainvoke(
         self, input: RouterInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> RouteResult:
+        return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
+
+    def _invoke(self, input: RouterInput, config: RunnableConfig) -> RouteResult:
         request = coerce_request(input)
         tenant = tenant_of(config)
-        state = cast(
-            GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=named(config))
-        )
+        state = cast(GraphOutput, self.graph.invoke(self._start(request, tenant), config=config))
+        return self._finish(request, tenant, state)
+
+    async def _ainvoke(self, input: RouterInput, config: RunnableConfig) -> RouteResult:
+        request = coerce_request(input)
+        tenant = tenant_of(config)
+        state = cast(GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=config))
         return self._finish(request, tenant, state)
 
     def batch(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 
@@ -227,24 +226,3 @@ def test_extraction_agent_is_built_for_the_fallback_only_when_redacting(
     redacting = Router(default_policy, **shared)
     assert redacting.fallback is not None and redacting.fallback.redactor is not None
     assert [redacting.fallback.redactor.extractor] == built
-
-
-def test_runs_are_named_slm_router_in_traces(router: Router) -> None:
-    """A tracer sees one root run named `slm-router` (not LangGraph's own name)."""
-    from langchain_core.callbacks import BaseCallbackHandler
-
-    class RootNames(BaseCallbackHandler):
-        def __init__(self) -> None:
-            self.names: list[str | None] = []
-
-        def on_chain_start(
-            self, serialized: Any, inputs: Any, *, parent_run_id: Any = None, **kw: Any
-        ) -> None:
-            if parent_run_id is None:
-                self.names.append(kw.get("name"))
-
-    handler = RootNames()
-    router.invoke("I love this blender", config={"callbacks": [handler]})
-    assert handler.names == ["slm-router"] and router.get_name() == "slm-router"
-    router.invoke("I love this blender", config={"callbacks": [handler], "run_name": "mine"})
-    assert handler.names[-1] == "mine"

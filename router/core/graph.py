@@ -86,7 +86,8 @@ def build_graph(components: Components) -> Graph:
     graph.add_conditional_edges("check", _after_check, ["fallback", "respond"])
     graph.add_edge("fallback", "respond")
     graph.add_edge("respond", END)
-    return graph.compile()
+    # Named for traces: the controller run sits under the `slm-router` run of `Router.invoke`.
+    return graph.compile(name="controller")
 
 
 def _after_guard(state: RouterState, c: Components) -> str:
