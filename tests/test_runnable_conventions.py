@@ -88,7 +88,7 @@ def test_astream_events_ends_with_the_route_result(router: Router) -> None:
     assert last["event"] == "on_chain_end" and last["name"] == "slm-router"
     assert isinstance(last["data"]["output"], RouteResult)
     assert last["data"]["output"].route == "sentiment"
-    assert NODES <= {e["name"] for e in seen if e["event"] == "on_chain_end"}
+    assert {e["name"] for e in seen if e["event"] == "on_chain_end"} >= NODES
 
 
 def test_with_config_binds_tags_and_run_name(router: Router) -> None:
