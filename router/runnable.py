@@ -314,7 +314,7 @@ class Router(Runnable[RouterInput, RouteResult]):
         for value, cfg in zip(inputs, configs, strict=True):
             try:
                 request, tenant = coerce_request(value), tenant_of(cfg)
-                started.append(Started(request, tenant, cfg, self._start(request, tenant)))
+                started.append(Started(request, tenant, named(cfg), self._start(request, tenant)))
             except Exception as exc:  # a bad input fails alone, as `invoke` would raise it
                 started.append(exc)
         return started
@@ -444,3 +444,43 @@ class Router(Runnable[RouterInput, RouteResult]):
             calibration=self.index.calibration,
             translation=routing.translation,
         )
+
+    async def astream_chat(
+        self,
+        request: RouteRequest,
+        history: list[Turn],
+        config: RunnableConfig | None = None,
+        options: CallOptions | None = None,
+        stream: bool = False,
+    ) -> AsyncIterator[str | RouteResult]:
+        """One turn of a conversation the caller keeps whole (the OpenAI endpoint): `history` stands in for
+        stored turns (follow-up routing and the fallback's context see it) and nothing is stored.
+        `options`: the fallback's sampling settings and the caller's instructions. Yields, with `stream`,
+        the fallback's answer text as it is generated (PII restored), then always the `RouteResult`."""
+        import asyncio
+        from dataclasses import replace
+
+        from slm_router.agents.fallback.agent import CALL_OPTIONS, CallOptions
+
+        texts: asyncio.Queue[str | None] = asyncio.Queue()
+        options = replace(options or CallOptions(), on_text=texts.put_nowait if stream else None)
+        given: dict[str, Any] = dict(config or {})
+        run_config = named(
+            cast(RunnableConfig, {**given, "configurable": {**(given.get("configurable") or {}), CALL_OPTIONS: options}})
+        )
+        start = fresh_state(request, time.monotonic() + self.policy.limits.request_timeout_s, history)
+
+        async def run() -> GraphOutput:
+            try:
+                return cast(GraphOutput, await self.graph.ainvoke(start, config=run_config))
+            finally:
+                texts.put_nowait(None)  # after every piece of text: they were queued first
+
+        task = asyncio.ensure_future(run())
+        try:
+            while (text := await texts.get()) is not None:
+                yield text
+            state = await task
+        finally:
+            task.cancel()  # the consumer stopped early: stop the run too
+        yield self._record(request, state["result"])
