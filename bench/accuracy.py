@@ -26,7 +26,7 @@ import numpy as np
 from slm_router.agents.base import AgentInput
 from slm_router.router import Router
 from slm_router.router.core.calibration import expected_calibration_error
-from slm_router.router.ops.training import macro_f1, read_labelled, split_of
+from slm_router.router.ops.training import f1_scores, read_labelled, split_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUPPORT = Path(__file__).resolve().parents[1] / "agents" / "data" / "support_sentiment.jsonl"
@@ -61,12 +61,12 @@ def sentiment_report(router: Router, path: Path) -> dict:
     pred = [r.output for r in results]
     gold = [y for _, y in rows]
     correct = np.array([p == g for p, g in zip(pred, gold, strict=True)], dtype=float)
-    f1 = macro_f1(gold, pred, sorted(set(gold)))
+    f1 = f1_scores(gold, pred, sorted(set(gold)))
     return {
         "rows": len(rows),
         "accuracy": round(float(correct.mean()), 4),
-        "macro_f1": round(float(np.mean(list(f1.values()))), 4),
-        "per_class_f1": {k: round(v, 4) for k, v in f1.items()},
+        "macro_f1": f1.macro,
+        "per_class_f1": f1.per_class,
         "ece": round(expected_calibration_error(np.array([r.confidence for r in results]), correct), 4),
     }
 

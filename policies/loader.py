@@ -1,4 +1,9 @@
-"""Read a policy from YAML (plus environment overrides) and turn every validation problem into plain words."""
+"""Read a policy from YAML (plus environment overrides) and turn every validation problem into plain words.
+
+The `SLM_ROUTER__A__B` overrides are written out rather than pydantic-settings: they patch the mapping merged
+from the YAML file and its `extends:` chain (which pydantic-settings' YAML source does not know) before
+validation, with values read as YAML (not JSON), and a bad one is a `PolicyError` naming its variable.
+"""
 
 from __future__ import annotations
 

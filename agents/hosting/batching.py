@@ -1,4 +1,9 @@
-"""Micro-batching: concurrent callers' items merged into one model call, each caller answered on its own."""
+"""Micro-batching: concurrent callers' items merged into one model call, each caller answered on its own.
+
+Written out rather than taken from Ray Serve's `@serve.batch` (which the Ray backend does use): the local
+backend must not need Ray, and here a failed merged call is retried caller by caller (`run_isolated`), a
+full backlog is refused at once (`max_pending`) and a hung model call shows in health (`stuck`).
+"""
 
 from __future__ import annotations
 

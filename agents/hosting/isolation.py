@@ -6,6 +6,8 @@ restarted, and the request is retried once. A child that does not answer within 
 killed the same way (not retried: the input is the likely cause), so a pathological input cannot wedge it.
 
 The child is `python -m MODULE`, where MODULE calls `serve(handler)`; requests and answers are JSON lines.
+Not a `ProcessPoolExecutor`: a crashed worker breaks the whole pool (every pending future fails until it is
+rebuilt), and a running task cannot be killed at its timeout, which are the two cases this module exists for.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The graph asks `allows()` before each fallback call and reports every finished request with `record()`.
 In-process and per router: replicas behind a load balancer each keep their own budget, so set the caps
 per replica (a shared store would be a network hop on every request).
+
+Written out: rate limiters (`limits`, `pyrate-limiter`) cap a count of events per period, while this caps a
+share of all requests (escalated / total over the window) beside an hourly spend, in O(1) per check.
 """
 
 from __future__ import annotations

@@ -94,22 +94,26 @@ def escalation_reasons(
 
 
 def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     thresholds = policy_thresholds(policy, data.routes)
     ood_threshold = policy_ood_threshold(policy, data)
     point = evaluate(data, thresholds, ood_threshold, Target("max_escalation", 1))
     pred = data.probs.argmax(axis=1)
     in_scope = data.labels != OOD
     correct = pred == data.labels
-    per_route = {}
-    for r, name in enumerate(data.routes):
-        tp = int((correct & (pred == r)).sum())
-        predicted, actual = int((pred == r).sum()), int((data.labels == r).sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_route[name] = RouteScore(
-            precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4), support=actual
+    precision, recall, f1, support = precision_recall_fscore_support(
+        data.labels, pred, labels=range(len(data.routes)), zero_division=0.0
+    )
+    per_route = {
+        name: RouteScore(
+            precision=round(float(precision[r]), 4),
+            recall=round(float(recall[r]), 4),
+            f1=round(float(f1[r]), 4),
+            support=int(support[r]),
         )
+        for r, name in enumerate(data.routes)
+    }
     result = EvalReport(
         rows=len(data.labels),
         in_scope_accuracy=round(float(correct[in_scope].mean()), 4) if in_scope.any() else 0.0,
@@ -129,7 +133,10 @@ def report(data: ScoredSet, policy: Policy) -> tuple[EvalReport, Operating]:
 
 
 def split(data: ScoredSet, seed: int = 0, tuning_share: float = 0.5) -> tuple[ScoredSet, ScoredSet]:
-    """A tuning split and a report split (stratified by label), so the reported numbers are honest."""
+    """A tuning split and a report split (stratified by label), so the reported numbers are honest.
+
+    Written out rather than `train_test_split(stratify=...)`, which refuses a label with a single row: a
+    user's labelled file often has a route with one example (here it lands in one of the two)."""
     rng = np.random.default_rng(seed)
     tuning = np.zeros(len(data.labels), dtype=bool)
     for label in np.unique(data.labels):

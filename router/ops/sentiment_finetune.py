@@ -28,8 +28,8 @@ from slm_router.agents.sentiment import (
     lexicon_features,
     mean_pool,
 )
-from slm_router.router.core.calibration import expected_calibration_error, fit_temperature
-from slm_router.router.ops.training import SplitScore, macro_f1, read_labelled, split_of
+from slm_router.router.core.calibration import fit_temperature
+from slm_router.router.ops.training import SplitScore, read_labelled, split_of, split_score
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -69,6 +69,8 @@ class ModelReport(BaseModel):
 def _split_sources(
     sources: dict[str, SourceSpec], settings: FinetuneSettings
 ) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """Each source's rows by `split_of` (a hash split, kept over `train_test_split` so the held-out rows stay
+    the same as data grows; see there), the training part sampled down to `max_rows_per_source`."""
     rng = random.Random(settings.seed)
     parts: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for name, spec in sources.items():
@@ -101,14 +103,16 @@ def _length_bucketed_batches(texts: list[str], settings: FinetuneSettings, steps
 
 
 def _row_weights(rows: list[tuple[str, str, float]]) -> np.ndarray:
-    """Source weight times class balance, so `neutral` (a fifth of SST) is not drowned out."""
-    mass: dict[str, float] = {}
-    for _, label, weight in rows:
-        mass[label] = mass.get(label, 0.0) + weight
-    total = sum(mass.values())
-    balance = {label: total / (len(LABELS) * m) for label, m in mass.items()}
-    weights = np.array([w * balance[label] for _, label, w in rows], dtype=np.float32)
-    return np.asarray(weights / weights.mean())
+    """Source weight times class balance (scikit-learn's "balanced" over the source-weighted rows), so
+    `neutral` (a fifth of SST) is not drowned out."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([label for _, label, _ in rows])
+    source = np.array([w for _, _, w in rows], dtype=float)
+    classes = np.unique(labels)
+    balance = compute_class_weight("balanced", classes=classes, y=labels, sample_weight=source)
+    weights = source * balance[np.searchsorted(classes, labels)]
+    return np.asarray(weights / weights.mean(), dtype=np.float32)
 
 
 def score(model: SentimentModel, texts: list[str], gold: list[str]) -> SplitScore:
@@ -117,16 +121,7 @@ def score(model: SentimentModel, texts: list[str], gold: list[str]) -> SplitScor
         if texts
         else np.zeros((0, len(model.labels)))
     )
-    pred = [model.labels[i] for i in probs.argmax(axis=1)]
-    correct = np.array([p == g for p, g in zip(pred, gold, strict=True)], dtype=float)
-    f1 = macro_f1(gold, pred, model.labels)
-    return SplitScore(
-        rows=len(gold),
-        accuracy=round(float(correct.mean()), 4) if len(gold) else 0.0,
-        macro_f1=round(float(np.mean(list(f1.values()))), 4),
-        ece=round(expected_calibration_error(probs.max(axis=1), correct), 4) if len(gold) else 0.0,
-        per_class_f1={k: round(v, 4) for k, v in f1.items()},
-    )
+    return split_score(probs, model.labels, gold)
 
 
 def finetune_sentiment(

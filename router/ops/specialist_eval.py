@@ -34,9 +34,10 @@ from slm_router.agents.base import (
     ExtractionOutput,
     TranslationOutput,
 )
+from slm_router.extras import require
 from slm_router.router.core.calibration import expected_calibration_error
 from slm_router.router.core.rules import check_specialist
-from slm_router.router.ops.training import macro_f1, read_jsonl
+from slm_router.router.ops.training import f1_scores, read_jsonl
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 BATCH_SIZE = 64
@@ -343,21 +344,22 @@ class LabelScores(NamedTuple):
 
 
 def label_scores(gold: Sequence[str], predicted: Sequence[str | None]) -> LabelScores:
-    """Accuracy, macro-F1 over the gold and predicted labels (as scikit-learn does), per-class F1 and the
-    confusion counts; a `None` prediction (declined) is wrong and shows as "(declined)"."""
+    """Accuracy, macro-F1 over the gold and predicted labels (scikit-learn's `f1_score`), per-class F1 and
+    the confusion counts as a sparse gold -> predicted mapping; a `None` prediction (declined) is wrong and
+    shows as "(declined)"."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
     pred = [p or "" for p in predicted]
     classes = sorted(set(gold) | (set(pred) - {""}))
-    f1 = macro_f1(list(gold), pred, classes)
+    f1 = f1_scores(gold, pred, classes)
     confusion: dict[str, dict[str, int]] = {g: {} for g in sorted(set(gold))}
     for (g, p), n in sorted(Counter(zip(gold, pred, strict=True)).items()):
         confusion[g][p or "(declined)"] = n
     hits = sum(g == p for g, p in zip(gold, pred, strict=True))
     return LabelScores(
         accuracy=round(hits / len(gold), 4) if gold else 0.0,
-        macro_f1=round(float(np.mean(list(f1.values()))), 4) if f1 else 0.0,
-        per_class_f1={k: round(v, 4) for k, v in f1.items()},
+        macro_f1=f1.macro,
+        per_class_f1=f1.per_class,
         confusion=confusion,
     )
 
@@ -422,8 +424,12 @@ class PRF(BaseModel):
 
 
 def prf(correct: int, predicted: int, gold: int) -> PRF:
-    """Precision, recall, F1; a ratio with nothing to divide by is 0.0 (as in router/training.py), and the
-    counts are kept next to it so "0 of 0" is not mistaken for a failure."""
+    """Precision, recall, F1 from match counts; a ratio with nothing to divide by is 0.0 (scikit-learn's
+    `zero_division=0`), and the counts are kept next to it so "0 of 0" is not mistaken for a failure.
+
+    Written out because the counts are of character spans (`span_scores`): scikit-learn scores one label per
+    row, and seqeval (not a dependency) scores BIO token sequences, which character offsets from spaCy, regex
+    patterns and the tagger would first have to be forced into."""
     precision = correct / predicted if predicted else 0.0
     recall = correct / gold if gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -720,6 +726,7 @@ class TranslationScores(NamedTuple):
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> TranslationScores:
     """Corpus-level chrF and BLEU (sacrebleu defaults, 0-100 as published results use), with the
     signatures that make the numbers reproducible."""
+    require("sacrebleu", "eval", "translation scores (chrF, BLEU)")
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):

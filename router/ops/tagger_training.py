@@ -122,7 +122,8 @@ class TaggerReport(BaseModel):
 
 
 def held_out(text: str, share: float) -> bool:
-    """`text_hash` as a fraction below `share`."""
+    """`text_hash` as a fraction below `share`: a hash rule, not `train_test_split`, so `recalibrate` finds
+    the same held-out rows from the rule the card records, and rows added to the file never move old ones."""
     return text_hash(text) / 0xFFFFFFFF < share
 
 

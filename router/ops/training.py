@@ -1,16 +1,16 @@
 """Train the sentiment head on the shared MiniLM embedding, with honest held-out numbers.
 
-Split by a hash of the text (stable across runs and machines): 80% train, 10% calibration (temperature),
-10% test (reported, never fitted on).
+Split by a hash of the text (`split_of`): 80% train, 10% calibration (temperature), 10% test (reported,
+never fitted on). The fitting and the metrics are scikit-learn's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -45,6 +45,10 @@ def text_hash(text: str) -> int:
 
 
 def split_of(text: str) -> str:
+    """The row's split (train / calibration / test) by `text_hash`, not a seeded shuffle (`train_test_split`):
+    a row keeps its split across runs, machines and data growth, so the benches (bench/accuracy.py,
+    bench/specialists.py) find the shipped models' held-out rows again, and added rows never move a test row
+    into train."""
     bucket = text_hash(text) % 10
     return "test" if bucket == 0 else "calibration" if bucket == 1 else "train"
 
@@ -86,62 +90,56 @@ def fit_head(
     labels: list[str],
     sample_weight: np.ndarray | None = None,
     l2: float = 1e-4,
-    max_iter: int = 200,
 ) -> SentimentHead:
-    """Class-balanced multinomial logistic regression by full-batch L-BFGS (torch is here for the encoder).
+    """Class-balanced multinomial logistic regression (scikit-learn, lbfgs) on the row-weighted data.
 
-    Balanced weights keep the minority `neutral` class from vanishing (unweighted, its F1 was 0.0).
+    Balanced weights keep the minority `neutral` class from vanishing (unweighted, its F1 was 0.0). `l2` is
+    the penalty beside the mean row loss (`C = 1 / (2 * l2 * rows)`), so it means the same at any size.
     """
-    import torch
+    from sklearn.linear_model import LogisticRegression
 
-    classes = sorted(set(labels))
-    y = torch.tensor([classes.index(label) for label in labels])
-    x = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
-    counts = torch.bincount(y, minlength=len(classes)).float()
-    class_weight = counts.sum() / (len(classes) * counts)
-    rows = torch.ones(len(labels)) if sample_weight is None else torch.from_numpy(sample_weight).float()
-    rows = rows * class_weight[y]
-    rows = rows / rows.mean()
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(x.shape[1], len(classes))
-    optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        per_row = torch.nn.functional.cross_entropy(linear(x), y, reduction="none")
-        loss = (per_row * rows).mean() + l2 * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
+    rows = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    model = LogisticRegression(C=1.0 / (2 * l2 * len(labels)), class_weight="balanced", max_iter=1000)
+    model.fit(np.asarray(vectors, dtype=np.float32), labels, sample_weight=rows / rows.mean())
+    weights, bias = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes; softmax([0, z]) = sigmoid(z)
+        weights, bias = np.vstack([np.zeros_like(weights), weights]), np.concatenate([[0.0], bias])
     return SentimentHead(
-        weights=linear.weight.detach().numpy().copy(),
-        bias=linear.bias.detach().numpy().copy(),
-        labels=classes,
+        weights=weights.astype(np.float32),
+        bias=bias.astype(np.float32),
+        labels=[str(c) for c in model.classes_],
     )
 
 
-def macro_f1(gold: list[str], pred: list[str], classes: list[str]) -> dict[str, float]:
-    scores = {}
-    for c in classes:
-        tp = sum(g == c and p == c for g, p in zip(gold, pred, strict=True))
-        fp = sum(g != c and p == c for g, p in zip(gold, pred, strict=True))
-        fn = sum(g == c and p != c for g, p in zip(gold, pred, strict=True))
-        scores[c] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return scores
+class F1(NamedTuple):
+    macro: float
+    per_class: dict[str, float]
 
 
-def _score(head: SentimentHead, vectors: np.ndarray, gold: list[str]) -> SplitScore:
-    probs = head.probabilities(vectors)
-    pred = [head.labels[i] for i in probs.argmax(axis=1)]
+def f1_scores(gold: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> F1:
+    """Macro-F1 and F1 per class of `classes`, rounded to 4 places (scikit-learn's `f1_score`); a class
+    nobody has or predicts scores 0.0, and so does every class when there are no rows."""
+    from sklearn.metrics import f1_score
+
+    if not gold or not classes:
+        return F1(0.0, {c: 0.0 for c in classes})
+    scores = f1_score(list(gold), list(pred), labels=list(classes), average=None, zero_division=0.0)
+    per_class = {c: round(float(f), 4) for c, f in zip(classes, scores, strict=True)}
+    return F1(round(float(scores.mean()), 4), per_class)
+
+
+def split_score(probs: np.ndarray, labels: Sequence[str], gold: Sequence[str]) -> SplitScore:
+    """Accuracy, macro-F1, ECE of the top probability and per-class F1 of class probabilities (columns in
+    the order of `labels`) against the gold labels."""
+    pred = [labels[i] for i in probs.argmax(axis=1)]
     correct = np.array([p == g for p, g in zip(pred, gold, strict=True)], dtype=float)
-    f1 = macro_f1(gold, pred, head.labels)
+    f1 = f1_scores(gold, pred, labels)
     return SplitScore(
         rows=len(gold),
-        accuracy=round(float(correct.mean()), 4),
-        macro_f1=round(float(np.mean(list(f1.values()))), 4),
+        accuracy=round(float(correct.mean()), 4) if len(gold) else 0.0,
+        macro_f1=f1.macro,
         ece=round(expected_calibration_error(probs.max(axis=1), correct), 4),
-        per_class_f1={k: round(v, 4) for k, v in f1.items()},
+        per_class_f1=f1.per_class,
     )
 
 
@@ -170,7 +168,9 @@ def train_sentiment_head(
     tests = {}
     for name in sources:
         texts = parts[name]["test"]
-        tests[name] = _score(head, embedder.encode([t for t, _ in texts]), [lab for _, lab in texts])
+        tests[name] = split_score(
+            head.probabilities(embedder.encode([t for t, _ in texts])), head.labels, [lab for _, lab in texts]
+        )
     return HeadReport(
         train=len(y_train), calibration=len(y_cal), temperature=round(head.temperature, 4), test=tests
     )
