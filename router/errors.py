@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# An extra is not installed: defined beside the extras table (slm_router/extras.py) for agents too.
+from slm_router.extras import MissingExtraError as MissingExtraError
+
 
 class SlmRouterError(Exception):
     """Base class: catch this to handle every slm-router failure."""

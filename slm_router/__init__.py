@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slm_router.agents import register_agent
+    from slm_router.extras import MissingExtraError
     from slm_router.policies import Policy, PolicyError, load_policy
     from slm_router.router import (
         EmptyInputError,
@@ -38,6 +39,7 @@ __all__ = [
     "InputTooLargeError",
     "InvalidEncodingError",
     "InvalidInputError",
+    "MissingExtraError",
     "ModelLoadError",
     "Policy",
     "PolicyError",
@@ -52,6 +54,7 @@ __all__ = [
 ]
 
 _ELSEWHERE = {
+    "MissingExtraError": "slm_router.extras",
     "register_agent": "slm_router.agents",
     "Policy": "slm_router.policies",
     "PolicyError": "slm_router.policies",

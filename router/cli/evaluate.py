@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from slm_router.router.cli.options import PolicyOpt, load_router
-from slm_router.router.cli.output import console, fail, progress, result_table, usage
+from slm_router.router.cli.output import console, fail, need_extra, progress, result_table, usage
 
 if TYPE_CHECKING:
     from slm_router.router.ops.report import FullReport, SpecialistReport
@@ -74,6 +74,7 @@ def eval_(
     if data is None and not (sentiment or entities or translation):
         usage("give a routing data file, or --sentiment / --entities / --translation files")
     mapping = _label_map(label_map)
+    need_extra("eval", "`slm-router eval`")
     router = load_router(policy)
     full = FullReport(data=str(data or ""))
     try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from slm_router.extras import MissingExtraError
 from slm_router.policies import PolicyError, load_policy
 from slm_router.router.cli.output import fail
 from slm_router.router.errors import SlmRouterError
@@ -28,7 +29,7 @@ def load_router(policy: Path | None) -> Router:
 
     try:
         return Router.from_policy(policy)
-    except (PolicyError, SlmRouterError) as exc:
+    except (PolicyError, SlmRouterError, MissingExtraError) as exc:  # e.g. hosting.backend: ray
         fail(str(exc))
 
 

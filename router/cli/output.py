@@ -12,21 +12,31 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from slm_router.extras import MissingExtraError, require_extra
+
 console = Console()
 err = Console(stderr=True)
 
 
 def fail(message: str) -> NoReturn:
     """One red line instead of a traceback, exit code 1: what went wrong while running (a file, the policy,
-    a model, the input text)."""
-    err.print(f"[bold red]error:[/] {message}")
+    a model, the input text). Plain text: `[...]` in it (an extra's name, a list index) is not markup."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(1)
+
+
+def need_extra(extra: str, feature: str) -> None:
+    """Before a command loads any model: the one-line error naming the extra to install, if it is missing."""
+    try:
+        require_extra(extra, feature)
+    except MissingExtraError as exc:
+        fail(str(exc))
 
 
 def usage(message: str) -> NoReturn:
     """The same line, exit code 2 (the code click gives its own parsing errors): the options given do not
     make a valid command."""
-    err.print(f"[bold red]error:[/] {message} (see --help)")
+    err.print(f"[bold red]error:[/] {escape(message)} (see --help)")
     raise typer.Exit(2)
 
 

@@ -9,7 +9,7 @@ import typer
 
 from slm_router.policies import PolicyError, load_policy
 from slm_router.router.cli.options import PolicyOpt
-from slm_router.router.cli.output import console, fail
+from slm_router.router.cli.output import console, fail, need_extra
 from slm_router.router.errors import SlmRouterError
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: the policy's server.port).")] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs). SIGINT/SIGTERM drain in-flight requests, then stop."""
+    need_extra("serve", "`slm-router serve`")
     import uvicorn
 
     from slm_router.router.service.api_keys import ServerConfigError, resolve_api_keys
@@ -35,6 +36,8 @@ def serve(
         conf = load_policy(policy)
     except PolicyError as exc:
         fail(str(exc))
+    if (backend or conf.hosting.backend) == "ray":
+        need_extra("ray", "hosting.backend: ray (`--backend ray`)")
     bind_host = host or conf.server.host
     try:
         keys = resolve_api_keys(conf.server, bind_host)

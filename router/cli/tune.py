@@ -9,7 +9,7 @@ from typing import Annotated, cast
 import typer
 
 from slm_router.router.cli.options import PolicyOpt, load_router
-from slm_router.router.cli.output import console, fail, result_table, usage
+from slm_router.router.cli.output import console, fail, need_extra, result_table, usage
 
 
 def tune(
@@ -75,6 +75,7 @@ def tune(
     if out.exists() and not force:
         usage(f"{out} exists; pass --force to overwrite it")
     kind, value = chosen_targets[0]
+    need_extra("eval", "`slm-router tune` (its curve picture)")
     router = load_router(policy)
     pricing = router.policy.pricing
     try:

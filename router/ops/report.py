@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel
 
+from slm_router.extras import require
 from slm_router.router.core.calibration import confidence_bins
 from slm_router.router.core.costs import fallback_request_cost
 from slm_router.router.ops.evaluation import EvalReport
@@ -136,8 +137,7 @@ def run_sample(
 
 
 def _figure(width: float = 6, height: float = 4) -> tuple[Figure, Any]:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "the report's pictures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -154,11 +154,11 @@ def _save(fig: Figure, out: Path) -> None:
 
 def plot_confusion(data: ScoredSet, out: Path) -> None:
     """Rows: expected route; columns: the router's top route. Only the most confused routes when many."""
+    from sklearn.metrics import confusion_matrix
+
     names = [*data.routes, "oos"]
     gold = np.where(data.labels == OOD, len(data.routes), data.labels)
-    pred = data.probs.argmax(axis=1)
-    matrix = np.zeros((len(names), len(names)), dtype=int)
-    np.add.at(matrix, (gold, pred), 1)
+    matrix = confusion_matrix(gold, data.probs.argmax(axis=1), labels=range(len(names)))
     errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
     keep = np.argsort(-errors, kind="stable")[:CONFUSION_ROUTES] if len(names) > CONFUSION_ROUTES else None
     if keep is not None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from slm_router.agents.base import AgentError, AgentOutput, ExtractionOutput, SentimentOutput
 from slm_router.agents.fallback import FallbackAgent
+from slm_router.extras import require
 from slm_router.policies import Policy
 from slm_router.router.core.budget import EscalationBudget
 from slm_router.router.core.costs import answer_cost
@@ -28,6 +29,7 @@ from slm_router.router.core.flows import SENTIMENT_WORDS
 from slm_router.router.result import RouteResult
 
 log = logging.getLogger(__name__)
+_FEATURE = "shadow mode (escalation.shadow)"  # its translation agreement is sacrebleu's chrF
 
 
 class ShadowRecord(BaseModel):
@@ -46,6 +48,7 @@ def agreement(output: str, details: AgentOutput | None, fallback_output: str) ->
     Extraction: the share of the specialist's entities that the fallback's answer mentions. Anything else
     (translations): recall-weighted chrF (beta 3) of the specialist's output against the fallback's, as the
     fallback tends to add words around the same content."""
+    require("sacrebleu", "eval", _FEATURE)
     from sacrebleu.metrics import CHRF
 
     if isinstance(details, SentimentOutput):
@@ -71,6 +74,7 @@ class Shadow:
         budget: EscalationBudget | None = None,
         seed: int | None = None,
     ) -> None:
+        require("sacrebleu", "eval", _FEATURE)  # fail at start-up, not in the worker's first sample
         self.policy = policy
         self.fallback = fallback
         self.sink = sink
