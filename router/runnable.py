@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slm_router.agents.base import AgentError, AgentInput
+from slm_router.agents.fallback.agent import CALL_OPTIONS, CallOptions
 from slm_router.agents.hosting.local import AgentPool
 from slm_router.agents.langid import detect_language
 from slm_router.policies import Policy, load_policy
 from slm_router.router.compose import Backend, compose
+from slm_router.router.core import telemetry
 from slm_router.router.core.batch import arun_batch, run_batch
-from slm_router.router.core.conversations import DEFAULT_TENANT
+from slm_router.router.core.conversations import DEFAULT_TENANT, Turn
 from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.graph import build_graph
 from slm_router.router.core.index import CalibrationReport, Neighbour, RouteScores
@@ -254,16 +259,22 @@ class Router(Runnable[RouterInput, RouteResult]):
     ) -> RouteResult:
         return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
 
-    def _invoke(self, input: RouterInput, config: RunnableConfig) -> RouteResult:
+    def _invoke(
+        self, input: RouterInput, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> RouteResult:
         request = coerce_request(input)
         tenant = tenant_of(config)
-        state = cast(GraphOutput, self.graph.invoke(self._start(request, tenant), config=config))
+        with telemetry.request_span():
+            state = cast(GraphOutput, self.graph.invoke(self._start(request, tenant), config=config))
         return self._finish(request, tenant, state)
 
-    async def _ainvoke(self, input: RouterInput, config: RunnableConfig) -> RouteResult:
+    async def _ainvoke(
+        self, input: RouterInput, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+    ) -> RouteResult:
         request = coerce_request(input)
         tenant = tenant_of(config)
-        state = cast(GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=config))
+        with telemetry.request_span():
+            state = cast(GraphOutput, await self.graph.ainvoke(self._start(request, tenant), config=config))
         return self._finish(request, tenant, state)
 
     def batch(
@@ -457,17 +468,11 @@ class Router(Runnable[RouterInput, RouteResult]):
         stored turns (follow-up routing and the fallback's context see it) and nothing is stored.
         `options`: the fallback's sampling settings and the caller's instructions. Yields, with `stream`,
         the fallback's answer text as it is generated (PII restored), then always the `RouteResult`."""
-        import asyncio
-        from dataclasses import replace
-
-        from slm_router.agents.fallback.agent import CALL_OPTIONS, CallOptions
-
         texts: asyncio.Queue[str | None] = asyncio.Queue()
         options = replace(options or CallOptions(), on_text=texts.put_nowait if stream else None)
         given: dict[str, Any] = dict(config or {})
-        run_config = named(
-            cast(RunnableConfig, {**given, "configurable": {**(given.get("configurable") or {}), CALL_OPTIONS: options}})
-        )
+        configurable = {**(given.get("configurable") or {}), CALL_OPTIONS: options}
+        run_config = named(cast(RunnableConfig, {**given, "configurable": configurable}))
         start = fresh_state(request, time.monotonic() + self.policy.limits.request_timeout_s, history)
 
         async def run() -> GraphOutput:

@@ -4,7 +4,8 @@ A real uvicorn server in a background thread, answering `POST /v1/chat/completio
 usage) in the mode the test sets through the Python handle:
 
 - `ok`: answers "fake answer: <last user message>" (`recording` is the same: every request body is kept in
-  `requests` whatever the mode);
+  `requests` whatever the mode); with `stream: true`, as OpenAI-format SSE chunks of `chunk_chars`
+  characters each (so a placeholder like "[EMAIL_1]" arrives split), and the usage chunk when asked;
 - `slow`: sleeps `delay_s`, then answers;
 - `hung`: answers only once released (`release()`, `reset()`, `set_mode(...)`, `stop()`);
 - `error`: answers HTTP `status` (500 unless told) at once;
@@ -14,6 +15,7 @@ usage) in the mode the test sets through the Python handle:
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -21,7 +23,7 @@ from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 Mode = Literal["ok", "recording", "slow", "hung", "error", "down"]
 
@@ -52,6 +54,7 @@ class FakeLLM:
         self.delay_s = 0.0
         self.status = 500
         self.reply: str | None = None  # a fixed answer instead of the echo
+        self.chunk_chars = 3  # characters per streamed chunk
         self._requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._generation = 0  # bumped to release every waiting request
@@ -171,6 +174,15 @@ class FakeLLM:
             prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages") or []) // 4 + 1
             content = reply if reply is not None else f"fake answer: {_last_user_text(body)}"
             completion = len(content) // 4 + 1
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            if body.get("stream"):
+                return StreamingResponse(
+                    self._chunks(body, number, content, usage), media_type="text/event-stream"
+                )
             return {
                 "id": f"chatcmpl-fake-{number}",
                 "object": "chat.completion",
@@ -183,11 +195,32 @@ class FakeLLM:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
+                "usage": usage,
             }
 
         return app
+
+    def _chunks(self, body: dict[str, Any], number: int, content: str, usage: dict[str, int]) -> Any:
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            chunk = {
+                "id": f"chatcmpl-fake-{number}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        async def events() -> Any:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            for start in range(0, len(content), self.chunk_chars):
+                piece = content[start : start + self.chunk_chars]
+                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+                await asyncio.sleep(0)
+            yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield event([], usage=usage)
+            yield "data: [DONE]\n\n"
+
+        return events()

@@ -5,6 +5,7 @@ for the real one: nothing here loads a model."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -72,6 +73,9 @@ class TranslatingRouter(StubRouter):
     async def ainvoke(self, request: RouteRequest, config: Any) -> Any:
         return TRANSLATED
 
+    async def astream_chat(self, request: RouteRequest, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        yield TRANSLATED
+
 
 def dispatcher_for(policy: Policy) -> Dispatcher:
     router: Any = StubRouter(policy)
@@ -113,7 +117,7 @@ def test_route_one_stops_at_the_deadline_and_settles_its_metrics(default_policy:
         asyncio.run(dispatcher.route(RouteRequest(text="hello"), "route", "t"))
     metrics = dispatcher.metrics
     assert metrics.registry.get_sample_value("slm_router_in_flight_requests") == 0
-    count = "slm_router_request_latency_seconds_count"
+    count = "slm_router_request_duration_seconds_count"
     assert metrics.registry.get_sample_value(count, {"endpoint": "route"}) == 1
     assert dispatcher.admission.in_flight == 0
 

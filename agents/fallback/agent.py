@@ -6,12 +6,14 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
 
 import tenacity
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable
 from pydantic import BaseModel
 
 from slm_router.agents.base import AgentError, AgentResult, FallbackOutput
@@ -26,6 +28,7 @@ from slm_router.agents.fallback.provider_errors import (
     provider_healthy,
 )
 from slm_router.agents.fallback.settings import FallbackSettings
+from slm_router.agents.fallback.streaming import TextStream
 from slm_router.agents.fallback.unavailable import Cause, FallbackUnavailable
 from slm_router.agents.redaction import Redactor
 
@@ -48,6 +51,34 @@ class FallbackStatus(BaseModel):
     last_error: str | None
 
 
+class Sampling(TypedDict, total=False):
+    """Generation settings for one call (an OpenAI client's), bound to the chat model for that call only;
+    unset keys keep the policy's (`fallback.max_tokens`, `fallback.temperature`)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What one caller asks of the fallback beyond the message.
+
+    `instructions`: the caller's own system text (a chat client's system messages), sent after the
+    policy's system prompt and redacted like the rest. `on_text`: stream the answer, handing each piece of
+    its text (PII restored) to this function on the caller's event loop as it is generated.
+    """
+
+    sampling: Sampling = field(default_factory=lambda: Sampling())
+    instructions: str | None = None
+    on_text: Callable[[str], None] | None = None
+
+
+CALL_OPTIONS = "fallback_options"
+"""The `configurable` key under which a graph run carries `CallOptions` to the fallback node."""
+
+
 @dataclass
 class _Prepared:
     messages: list[BaseMessage]
@@ -61,6 +92,7 @@ class _Attempt:
     probe: bool
     budget_s: float
     by_deadline: bool  # the budget is what was left before the caller's deadline, less than timeout_s
+    stream: TextStream | None = None
 
 
 class FallbackAgent:
@@ -101,14 +133,18 @@ class FallbackAgent:
         task_prompt: str | None = None,
         history: list[tuple[str, str]] | None = None,
         deadline: float | None = None,
+        options: CallOptions | None = None,
     ) -> AgentResult:
         """`history`: earlier (user, assistant) turns of the conversation, oldest first. `deadline`: a
-        `time.monotonic()` value the call never runs past. Raises FallbackUnavailable when it cannot."""
+        `time.monotonic()` value the call never runs past. `options`: sampling and instructions (streaming
+        needs `aanswer`). Raises FallbackUnavailable when it cannot."""
+        options = options or CallOptions()
         self._admit(deadline)
-        prepared = self._prepare(text, task_prompt, history)
+        prepared = self._prepare(text, task_prompt, history, options)
         retrying = tenacity.Retrying(**self._retry_args(deadline))
+        model = self._bound(options)
         try:
-            reply: BaseMessage = retrying(self._attempt, prepared.messages, deadline)
+            reply: BaseMessage = retrying(self._attempt, model, prepared.messages, deadline)
         except AgentError:
             raise
         except Exception as exc:  # providers raise their own types: connection, timeout, auth
@@ -121,17 +157,38 @@ class FallbackAgent:
         task_prompt: str | None = None,
         history: list[tuple[str, str]] | None = None,
         deadline: float | None = None,
+        options: CallOptions | None = None,
     ) -> AgentResult:
         """`answer` for an event loop: awaits the bulkhead's thread without blocking the loop or using its
-        default executor for the provider call (only the redaction, which is short, runs there)."""
+        default executor for the provider call (only the redaction, which is short, runs there).
+
+        With `options.on_text` the chat model's stream is read on the bulkhead's thread and its text handed
+        over as it comes; a failure before any text went out is retried as usual, one after is not (the
+        caller already holds part of the answer)."""
+        options = options or CallOptions()
         self._admit(deadline)
         if self.redactor is not None:  # spaCy: CPU work the loop should not wait on
-            prepared = await asyncio.to_thread(self._prepare, text, task_prompt, history)
+            prepared = await asyncio.to_thread(self._prepare, text, task_prompt, history, options)
         else:
-            prepared = self._prepare(text, task_prompt, history)
-        retrying = tenacity.AsyncRetrying(**self._retry_args(deadline))
+            prepared = self._prepare(text, task_prompt, history, options)
+        streams: list[TextStream] = []
+        on_text = options.on_text
+        if on_text is not None:
+            loop = asyncio.get_running_loop()
+
+            def stream() -> TextStream:
+                streams.append(TextStream(on_text, prepared.mapping, loop))
+                return streams[-1]
+
+        def streamed() -> bool:
+            return any(s.emitted for s in streams)
+
+        retrying = tenacity.AsyncRetrying(**self._retry_args(deadline, streamed))
+        model = self._bound(options)
         try:
-            reply: BaseMessage = await retrying(self._aattempt, prepared.messages, deadline)
+            reply: BaseMessage = await retrying(
+                self._aattempt, model, prepared.messages, deadline, stream if on_text else None
+            )
         except AgentError:
             raise
         except Exception as exc:
@@ -165,7 +222,13 @@ class FallbackAgent:
         self._breaker.check()
         self._bulkhead.check()
 
-    def _retry_args(self, deadline: float | None) -> dict[str, Any]:
+    def _bound(self, options: CallOptions) -> Runnable[LanguageModelInput, BaseMessage]:
+        """The chat model with this call's sampling settings bound (for this call only)."""
+        return self.chat_model.bind(**options.sampling) if options.sampling else self.chat_model
+
+    def _retry_args(
+        self, deadline: float | None, streamed: Callable[[], bool] = lambda: False
+    ) -> dict[str, Any]:
         backoff = self.settings.retry_backoff_s
         grow = tenacity.wait_exponential(
             multiplier=backoff, max=self.settings.timeout_s
@@ -184,11 +247,17 @@ class FallbackAgent:
         return {
             "stop": lambda state: attempts(state) or out_of_time(state),
             "wait": wait,
-            "retry": tenacity.retry_if_exception(is_transient),
+            "retry": tenacity.retry_if_exception(lambda exc: is_transient(exc) and not streamed()),
             "reraise": True,
         }
 
-    def _start(self, messages: list[BaseMessage], deadline: float | None) -> _Attempt:
+    def _start(
+        self,
+        model: Runnable[LanguageModelInput, BaseMessage],
+        messages: list[BaseMessage],
+        deadline: float | None,
+        stream: TextStream | None = None,
+    ) -> _Attempt:
         budget, by_deadline = self.settings.timeout_s, False
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -200,19 +269,33 @@ class FallbackAgent:
                 budget, by_deadline = left, True
         probe = self._breaker.acquire(budget)
         try:
-            future = self._bulkhead.submit(self.chat_model.invoke, messages)
+            if stream is None:
+                future = self._bulkhead.submit(model.invoke, messages)
+            else:
+                future = self._bulkhead.submit(stream.collect, model, messages)
         except BaseException:
             self._breaker.release(probe)
             raise
-        return _Attempt(future, probe, budget, by_deadline)
+        return _Attempt(future, probe, budget, by_deadline, stream)
 
-    def _attempt(self, messages: list[BaseMessage], deadline: float | None) -> BaseMessage:
-        attempt = self._start(messages, deadline)
+    def _attempt(
+        self,
+        model: Runnable[LanguageModelInput, BaseMessage],
+        messages: list[BaseMessage],
+        deadline: float | None,
+    ) -> BaseMessage:
+        attempt = self._start(model, messages, deadline)
         concurrent.futures.wait([attempt.future], timeout=attempt.budget_s)
         return self._outcome(attempt)
 
-    async def _aattempt(self, messages: list[BaseMessage], deadline: float | None) -> BaseMessage:
-        attempt = self._start(messages, deadline)
+    async def _aattempt(
+        self,
+        model: Runnable[LanguageModelInput, BaseMessage],
+        messages: list[BaseMessage],
+        deadline: float | None,
+        stream: Callable[[], TextStream] | None = None,
+    ) -> BaseMessage:
+        attempt = self._start(model, messages, deadline, stream() if stream else None)
         waited = asyncio.wrap_future(attempt.future)
         try:
             await asyncio.wait({waited}, timeout=attempt.budget_s)
@@ -222,6 +305,8 @@ class FallbackAgent:
         finally:
             if not waited.done():
                 waited.cancel()
+                if attempt.stream is not None:  # no more text from an attempt nobody waits for
+                    attempt.stream.stop()
             elif not waited.cancelled():
                 waited.exception()  # read from attempt.future below; marked seen for asyncio
         return self._outcome(attempt)
@@ -291,29 +376,42 @@ class FallbackAgent:
     # --- messages in, result out ---
 
     def _prepare(
-        self, text: str, task_prompt: str | None, history: list[tuple[str, str]] | None
+        self,
+        text: str,
+        task_prompt: str | None,
+        history: list[tuple[str, str]] | None,
+        options: CallOptions | None = None,
     ) -> _Prepared:
+        """The messages sent: the system prompt (the policy's, the route's task, then the caller's own
+        instructions), the earlier turns and the message, all redacted together (one placeholder per
+        value across the conversation)."""
+        instructions = strip_control_tokens(options.instructions) if options and options.instructions else ""
         turns = [strip_control_tokens(part) for pair in history or [] for part in pair]
         turns.append(strip_control_tokens(text))
         mapping: dict[str, str] | None = None
         count = 0
         if self.redactor is not None:
-            redaction = self.redactor.redact_turns(turns)
+            redaction = self.redactor.redact_turns([*turns, instructions] if instructions else turns)
             turns, mapping, count = redaction.texts, redaction.mapping, redaction.count
-        system = self.system_prompt if not task_prompt else f"{self.system_prompt}\n{task_prompt}"
+            if instructions:
+                instructions = turns.pop()
+        system = "\n".join(part for part in (self.system_prompt, task_prompt, instructions) if part)
         messages: list[BaseMessage] = [SystemMessage(content=system)]
         messages += [
             (HumanMessage if i % 2 == 0 else AIMessage)(content=part) for i, part in enumerate(turns)
         ]
-        return _Prepared(self._fit_context(messages), mapping, count)
+        max_tokens = options.sampling.get("max_tokens") if options else None
+        return _Prepared(self._fit_context(messages, max_tokens), mapping, count)
 
-    def _fit_context(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+    def _fit_context(self, messages: list[BaseMessage], max_tokens: int | None = None) -> list[BaseMessage]:
         """For the in-process model: drop the oldest (user, assistant) turns until the prompt leaves room
-        for the answer in its context window; raise if the request alone cannot fit."""
+        for the answer (`max_tokens`, else the model's) in its context window; raise if the request alone
+        cannot fit."""
         model = self.chat_model
         if not isinstance(model, LlamaCppChatModel):
             return messages  # a remote provider knows its own limits
-        room = model.n_ctx - model.max_tokens
+        answer_tokens = max_tokens or model.max_tokens
+        room = model.n_ctx - answer_tokens
         sizes = [model.count_tokens(str(m.content)) + _TOKENS_PER_MESSAGE for m in messages]
         total, first = sum(sizes), 1  # messages[first:-1] is the history kept
         while total > room and first < len(messages) - 1:
@@ -323,7 +421,7 @@ class FallbackAgent:
             raise FallbackUnavailable(
                 "error",
                 f"the request is too long for {self.label}: about {total} tokens with the system prompt, "
-                f"and its context window leaves {room} (n_ctx {model.n_ctx} - max_tokens {model.max_tokens})",
+                f"and its context window leaves {room} (n_ctx {model.n_ctx} - max_tokens {answer_tokens})",
             )
         if first > 1:
             log.info("fallback: dropped the %d oldest turns to fit the context window", first - 1)

@@ -7,17 +7,21 @@ import importlib.util
 import math
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import PrivateAttr
 
 from slm_router.agents.base import AgentError
 from slm_router.agents.fallback.provider_errors import ContextTooLong
+from slm_router.extras import require
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -85,6 +89,7 @@ class LlamaCppChatModel(BaseChatModel):
 
     def _client(self) -> Any:
         if self._llm is None:
+            require("llama_cpp", "llamacpp", "fallback.kind: llamacpp (the local fallback model)")
             from llama_cpp import Llama
 
             if not Path(self.model_path).is_file():
@@ -101,6 +106,16 @@ class LlamaCppChatModel(BaseChatModel):
             return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
         return math.ceil(len(text) / _CHARS_PER_TOKEN)
 
+    def _sampling(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's generation settings: bound per call (`FallbackAgent`'s `Sampling`), else the model's."""
+        given = {"top_p": kwargs["top_p"]} if kwargs.get("top_p") is not None else {}
+        return {
+            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "stop": stop,
+            **given,
+        }
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -108,27 +123,77 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        payload = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
-        with self._lock:  # a llama.cpp context serves one generation at a time
-            try:
-                out = self._client().create_chat_completion(
-                    messages=payload,
-                    max_tokens=kwargs.get("max_tokens", self.max_tokens),
-                    temperature=kwargs.get("temperature", self.temperature),
-                    stop=stop,
-                )
-            except ValueError as exc:  # llama-cpp-python's "Requested tokens (...) exceed context window"
-                if "context window" not in str(exc):
-                    raise
-                raise ContextTooLong(str(exc)) from exc
-        choice = out["choices"][0]
+        with self._lock, _context_window():  # a llama.cpp context serves one generation at a time
+            out = self._client().create_chat_completion(
+                messages=_payload(messages), **self._sampling(stop, kwargs)
+            )
+        choice, usage = out["choices"][0], out.get("usage") or {}
         message = AIMessage(
             content=choice["message"]["content"] or "",
-            response_metadata={"finish_reason": choice.get("finish_reason"), "usage": out.get("usage", {})},
+            response_metadata={"finish_reason": choice.get("finish_reason"), "usage": usage},
+            usage_metadata=_usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
         )
-        return ChatResult(
-            generations=[ChatGeneration(message=message)], llm_output={"usage": out.get("usage")}
+        return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"usage": usage})
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Token by token; the last chunk carries the usage. llama.cpp reports none when streaming, so it is
+        read from the model: the prompt is evaluated before the first chunk comes (`n_tokens` then), and
+        the answer is counted with the model's tokenizer. Closing the stream stops the generation."""
+        generated: list[str] = []
+        prompt_tokens, finish = 0, None
+        with self._lock, _context_window():
+            llm = self._client()
+            chunks = llm.create_chat_completion(
+                messages=_payload(messages), stream=True, **self._sampling(stop, kwargs)
+            )
+            for i, chunk in enumerate(chunks):
+                if i == 0:
+                    prompt_tokens = int(llm.n_tokens)
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish
+                text = choice["delta"].get("content") or ""
+                if text:
+                    generated.append(text)
+                    if run_manager is not None:
+                        run_manager.on_llm_new_token(text)
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        completion_tokens = self.count_tokens("".join(generated)) if generated else 0
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                response_metadata={"finish_reason": finish},
+                usage_metadata=_usage(prompt_tokens, completion_tokens),
+            )
         )
+
+
+def _payload(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    return [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=prompt_tokens,
+        output_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+@contextmanager
+def _context_window() -> Iterator[None]:
+    """llama-cpp-python's "Requested tokens (...) exceed context window" as the typed `ContextTooLong`."""
+    try:
+        yield
+    except ValueError as exc:
+        if "context window" not in str(exc):
+            raise
+        raise ContextTooLong(str(exc)) from exc
 
 
 def build_chat_model(config: ChatModelConfig) -> BaseChatModel:
@@ -155,6 +220,7 @@ def build_chat_model(config: ChatModelConfig) -> BaseChatModel:
             temperature=config.temperature,
             timeout=client_timeout,
             max_retries=0,
+            stream_usage=True,
         )
     from langchain.chat_models import init_chat_model
 
