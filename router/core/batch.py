@@ -27,6 +27,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_executor_for_config
 
 from slm_router.agents.base import AgentError, AgentInput, AgentResult
+from slm_router.router.core import telemetry
 from slm_router.router.core.components import Components
 from slm_router.router.core.flows import seconds_left
 from slm_router.router.core.graph import Graph
@@ -218,14 +219,17 @@ def _ask_many(
     alone, so a poisoned one fails only itself."""
     timeout = min(seconds_left(lane.state["deadline"]) for lane, _ in chunk)
     try:
-        return list(c.pool.run(agent, [item for _, item in chunk], timeout_s=timeout))
+        with telemetry.agent_span(agent, len(chunk)):
+            return list(c.pool.run(agent, [item for _, item in chunk], timeout_s=timeout))
     except AgentError as exc:
         if len(chunk) == 1:
             return [exc]
     outcomes: list[AgentResult | AgentError] = []
     for lane, item in chunk:
         try:
-            outcomes.append(c.pool.run(agent, [item], timeout_s=seconds_left(lane.state["deadline"]))[0])
+            with telemetry.agent_span(agent):
+                outcome = c.pool.run(agent, [item], timeout_s=seconds_left(lane.state["deadline"]))[0]
+            outcomes.append(outcome)
         except AgentError as exc:
             outcomes.append(exc)
     return outcomes

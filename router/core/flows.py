@@ -22,6 +22,7 @@ from slm_router.agents.fallback import FallbackAgent
 from slm_router.agents.hosting.local import AgentPool
 from slm_router.policies import Policy
 from slm_router.policies.schema import FlowConfig, FlowStep
+from slm_router.router.core import telemetry
 from slm_router.router.core.outputs import FlowOutput, StepOutput, TriageOutput
 from slm_router.router.core.rules import Escalation, Evidence, FlowStepRef, SpecialistOutcome, escalation
 
@@ -78,11 +79,12 @@ def run_step(
     step = task.step
     result: AgentResult | None = None
     try:
-        result = pool.run(
-            step.agent,
-            [AgentInput(text=task.text, language=task.language, params=step.params)],
-            timeout_s=seconds_left(task.deadline),
-        )[0]
+        with telemetry.agent_span(step.agent):
+            result = pool.run(
+                step.agent,
+                [AgentInput(text=task.text, language=task.language, params=step.params)],
+                timeout_s=seconds_left(task.deadline),
+            )[0]
         outcome = SpecialistOutcome(
             confidence=result.confidence, supported=result.supported, note=result.note
         )
@@ -98,7 +100,8 @@ def run_step(
     escalated = False
     if verdict.action == "fallback" and fallback is not None:
         try:
-            result = fallback.answer(task.text, step.fallback_prompt, deadline=task.deadline)
+            with telemetry.agent_span("fallback"):
+                result = fallback.answer(task.text, step.fallback_prompt, deadline=task.deadline)
             escalated = True
         except AgentError as exc:  # keep whatever the specialist said, and say the fallback failed
             verdict = escalation(evidence.model_copy(update={"fallback_error": str(exc)}), policy)

@@ -6,7 +6,8 @@ languages.non_native is translate_then_route; other messages go from guard strai
 A route served by a flow (or a multi-intent request) fans out instead: decide -> flow_step (one `Send` per
 step of a stage, run concurrently) -> flow_join -> next stage ... -> respond. The nodes live in
 router/core/nodes/, the rules they act on in router/core/rules.py; this module only wires them, and times
-each traced node into one `TraceStep`. A run starts from `GraphInput` alone and keeps nothing afterwards:
+each traced node into one `TraceStep` and every node into one OpenTelemetry span when tracing is on
+(router/core/telemetry.py). A run starts from `GraphInput` alone and keeps nothing afterwards:
 the conversation's turns come in as `history` and go out with the result (router/core/conversations.py).
 """
 
@@ -15,13 +16,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
+from slm_router.router.core import telemetry
 from slm_router.router.core.components import Components
 from slm_router.router.core.nodes import (
     afallback,
@@ -54,6 +56,7 @@ class Node(Protocol):
 def build_graph(components: Components) -> Graph:
     """The controller graph; it holds no state between requests (no checkpointer)."""
     c = components
+    telemetry.tracer()  # configured by OTEL_* but the SDK is missing: say so now, not on the first request
     graph = StateGraph(RouterState, input_schema=GraphInput, output_schema=GraphOutput)
     traced: dict[str, Traced] = {
         "guard": guard,
@@ -72,9 +75,9 @@ def build_graph(components: Components) -> Graph:
         RunnableLambda(_timed("translate", translate, c), afunc=_atimed("translate", _atranslate, c)),
     )
     # Wrapped, so LangGraph does not take the `StepTask` a `Send` carries for a state schema of its own.
-    graph.add_node("flow_step", RunnableLambda(partial(flow_step, c=c)))
-    graph.add_node("flow_join", flow_join)
-    graph.add_node("respond", partial(respond, c=c))
+    graph.add_node("flow_step", RunnableLambda(_spanned("flow_step", partial(flow_step, c=c))))
+    graph.add_node("flow_join", _spanned("flow_join", flow_join))
+    graph.add_node("respond", _spanned("respond", partial(respond, c=c)))
     graph.add_edge(START, "guard")
     graph.add_conditional_edges("guard", partial(_after_guard, c=c), ["translate", "classify"])
     graph.add_edge("translate", "classify")
@@ -119,8 +122,11 @@ def _traced(name: str, start: float, ran: tuple[RouterState, Info]) -> RouterSta
 
 def _timed(name: str, node: Traced, c: Components) -> Node:
     def run(state: RouterState) -> RouterState:
-        start = time.perf_counter()
-        return _traced(name, start, node(state, c))
+        with telemetry.node_span(name) as span:
+            start = time.perf_counter()
+            update = _traced(name, start, node(state, c))
+            telemetry.describe(span, update)
+            return update
 
     return run
 
@@ -129,8 +135,34 @@ def _atimed(
     name: str, node: ATraced, c: Components
 ) -> Callable[[RouterState, RunnableConfig], Awaitable[RouterState]]:
     async def run(state: RouterState, config: RunnableConfig) -> RouterState:
-        start = time.perf_counter()
-        return _traced(name, start, await node(state, c, config))
+        with telemetry.node_span(name) as span:
+            start = time.perf_counter()
+            update = _traced(name, start, await node(state, c, config))
+            telemetry.describe(span, update)
+            return update
+
+    return run
+
+
+_In = TypeVar("_In", contravariant=True)
+_Out = TypeVar("_Out", covariant=True)
+
+
+class _Step(Protocol[_In, _Out]):
+    """A node of one argument, named `state` as LangGraph's node protocol has it."""
+
+    def __call__(self, state: _In) -> _Out: ...
+
+
+def _spanned(name: str, node: Callable[[_In], _Out]) -> _Step[_In, _Out]:
+    """A node that is not timed into the trace (flow steps keep their own record) still gets its span."""
+
+    def run(state: _In) -> _Out:
+        with telemetry.node_span(name) as span:
+            update = node(state)
+            if isinstance(update, dict):
+                telemetry.describe(span, update)
+            return update
 
     return run
 

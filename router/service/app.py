@@ -25,6 +25,7 @@ from slm_router.router.service.errors import validation_details
 from slm_router.router.service.gate import Gate
 from slm_router.router.service.metrics import Metrics
 from slm_router.router.service.routes import chat, conversations, operations, routing
+from slm_router.router.service.tracing import TraceContext, fastapi_options
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
@@ -33,7 +34,8 @@ def create_app(
     router: Router, settings: ServerConfig, api_keys: set[str] | None, warmup: bool = True
 ) -> FastAPI:
     """The FastAPI app around one Router; `api_keys=None` means no auth (see `api_keys.resolve_api_keys`)."""
-    metrics = Metrics(router.pool.queue_depth, router.fallback_status)
+    policy = router.policy
+    metrics = Metrics(router.pool.queue_depth, router.fallback_status, policy.routes, policy.pricing.currency)
     admission = Admission(settings.max_in_flight, settings.max_queue, settings.queue_timeout_s)
     metrics.watch_admission(admission)
     dispatcher = Dispatcher(router, settings, admission, metrics)
@@ -57,6 +59,7 @@ def create_app(
         version="0.1.0",
         summary="Route each request to the cheapest model that can answer it well.",
         lifespan=lifespan,
+        **fastapi_options(),
     )
     app.state.dispatcher = dispatcher
     # Only documents the scheme in OpenAPI: the key itself is checked by the Gate, before the body is read.
@@ -74,6 +77,7 @@ def create_app(
         on_error=lambda kind: metrics.errors.labels(kind).inc(),
         on_cancel=metrics.cancelled.inc,
     )
+    app.add_middleware(TraceContext)  # outermost: a refused request is traced too
     return app
 
 

@@ -55,7 +55,7 @@ class Dispatcher:
             ) from None
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
         self.metrics.observe(result)
         return result
 
@@ -79,7 +79,7 @@ class Dispatcher:
             self.metrics.in_flight.dec(len(requests))
             elapsed = time.perf_counter() - start
             for _ in requests:
-                self.metrics.request_latency.labels(endpoint).observe(elapsed)
+                self.metrics.request_duration.labels(endpoint).observe(elapsed)
         for outcome in outcomes:
             if isinstance(outcome, RouteResult):
                 self.metrics.observe(outcome)

@@ -1,11 +1,30 @@
-"""Prometheus metrics for the service: what was routed where, what escalated and why, and how long it took."""
+"""Prometheus metrics for the service: what was routed where, what escalated and why, and how long it took.
+
+Named by the Prometheus conventions (https://prometheus.io/docs/practices/naming/): the `slm_router_` prefix,
+base units in the name (`_seconds`), `_total` on counters (the client appends it), and label values from
+bounded sets only: configured route names (a multi-intent combination is `multi`), agent and node names,
+reason codes, error kinds. The process's own metrics (`process_*`: RSS, CPU seconds, open fds; `python_*`:
+GC, version) are on the same registry, and `slm_router_build_info{version}` says what runs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Collection, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -59,31 +78,59 @@ class _Live(Collector):
             )
 
 
+MULTI_ROUTE = "multi"
+"""The route label of a multi-intent result, whose route is its routes joined ("sentiment+extract")."""
+
+
+def currency_unit(currency: str) -> str:
+    """The policy's `pricing.currency` as a metric-name unit: "USD" -> "usd"."""
+    return re.sub(r"[^a-z0-9]+", "_", currency.lower()).strip("_") or "currency"
+
+
+def _package_version() -> str:
+    try:
+        return version("slm-router")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 class Metrics:
-    """One registry per app (tests build several apps in one process)."""
+    """One registry per app (tests build several apps in one process).
+
+    Cost is `slm_router_cost_<currency>_total`, e.g. `slm_router_cost_usd_total`: the unit in the name, as
+    the naming conventions ask of every metric and as OpenMetrics declares it (`# UNIT ... usd`), rather
+    than `slm_router_cost_total{currency="USD"}`, where `sum()` over the label would add dollars to euros
+    and a query that forgets the label silently does so. One process has one currency (the policy's
+    `pricing.currency`), so the name is fixed for its lifetime; a dashboard names the currency it shows.
+    """
 
     def __init__(
         self,
         queue_depth: Callable[[], dict[str, int]],
         fallback: Callable[[], dict[str, Any] | None] = lambda: None,
+        routes: Collection[str] = (),
+        currency: str = "USD",
     ) -> None:
         self.registry = CollectorRegistry()
+        self.routes = frozenset(routes)
+        self.currency = currency
         self.requests = Counter(
             "slm_router_requests",
-            "Routed requests",
+            "Routed requests, by the route chosen, what answered (action) and who",
             ["route", "action", "answered_by"],
             registry=self.registry,
         )
         self.escalations = Counter(
             "slm_router_escalations",
-            "Requests sent to the fallback",
+            "Requests sent to the fallback, by reason code",
             ["route", "reason"],
             registry=self.registry,
         )
         self.cost = Counter(
             "slm_router_cost",
-            "Estimated cost of the models called (policy pricing.currency)",
+            f"Estimated cost of the models called, in {currency} (policy pricing.currency)",
             ["answered_by"],
+            unit=currency_unit(currency),
             registry=self.registry,
         )
         self.budget_exceeded = Counter(
@@ -92,17 +139,25 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
-        self.errors = Counter("slm_router_errors", "Requests that failed", ["type"], registry=self.registry)
-        self.node_latency = Histogram(
-            "slm_router_node_latency_seconds",
+        self.degraded = Counter(
+            "slm_router_degraded",
+            "Requests answered by a weaker answer because the fallback failed (reason fallback_failed)",
+            ["route"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "slm_router_errors", "Error answers (4xx/5xx), by error type", ["type"], registry=self.registry
+        )
+        self.node_duration = Histogram(
+            "slm_router_node_duration_seconds",
             "Time per controller node",
             ["node"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.request_latency = Histogram(
-            "slm_router_request_latency_seconds",
-            "Time per routed request, end to end",
+        self.request_duration = Histogram(
+            "slm_router_request_duration_seconds",
+            "Time per routed request, end to end, by endpoint",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -121,6 +176,12 @@ class Metrics:
             "Requests whose client went away before the answer; their work was cancelled",
             registry=self.registry,
         )
+        Info("slm_router_build", "The slm-router version serving", registry=self.registry).info(
+            {"version": _package_version()}
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.registry.register(_QueueDepth(queue_depth))
         self._live = _Live(fallback)
         self.registry.register(self._live)
@@ -128,16 +189,26 @@ class Metrics:
     def watch_admission(self, admission: Any) -> None:
         self._live.admission = admission
 
+    def route_label(self, route: str) -> str:
+        """A configured route's name, else `multi`: the one way a result's route is not configured is a
+        multi-intent combination, and those would grow the label set with every pair of routes."""
+        if route in self.routes or (not self.routes and "+" not in route):
+            return route
+        return MULTI_ROUTE
+
     def observe(self, result: RouteResult) -> None:
-        self.requests.labels(result.route, result.action, result.answered_by).inc()
+        route = self.route_label(result.route)
+        self.requests.labels(route, result.action, result.answered_by).inc()
         if result.escalated:
-            self.escalations.labels(result.route, result.reason_code).inc()
+            self.escalations.labels(route, result.reason_code).inc()
         if result.cost:
             self.cost.labels(result.answered_by).inc(result.cost)
         if result.budget_exceeded:
-            self.budget_exceeded.labels(result.route).inc()
+            self.budget_exceeded.labels(route).inc()
+        if result.degraded:
+            self.degraded.labels(route).inc()
         for step in result.trace:
-            self.node_latency.labels(step.node).observe(step.ms / 1000)
+            self.node_duration.labels(step.node).observe(step.ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,9 @@ import asyncio
 from langchain_core.runnables import RunnableConfig
 
 from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult
+from slm_router.agents.fallback.agent import CALL_OPTIONS, CallOptions
 from slm_router.policies import Policy
+from slm_router.router.core import telemetry
 from slm_router.router.core.budget import refusal
 from slm_router.router.core.components import Components
 from slm_router.router.core.flows import seconds_left
@@ -76,7 +78,8 @@ def fallback(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     if verdict.action != "fallback":
         return _locally(state, c, evidence, verdict, info)
     try:
-        answer = c.fallback.answer(*_fallback_call(state, c))
+        with telemetry.agent_span("fallback"):
+            answer = c.fallback.answer(*_fallback_call(state, c))
     except AgentError as exc:
         return _fallback_failed(state, c, exc)
     return {"answer": answer}, {"model": c.fallback.label}
@@ -89,16 +92,24 @@ async def afallback(state: RouterState, c: Components, config: RunnableConfig) -
 
     `configurable.release_admission`, when the caller passes it (the HTTP service does), is called first:
     from here on the request is bounded by the fallback's bulkhead, so it stops holding one of the
-    service's admission slots, which are for work on this machine's CPUs."""
+    service's admission slots, which are for work on this machine's CPUs.
+
+    `configurable.fallback_options` (`CallOptions`, the OpenAI endpoint's) carries the caller's sampling
+    settings and instructions, and where to stream the answer's text; flow steps never stream."""
     assert c.fallback is not None
-    release = (config.get("configurable") or {}).get("release_admission")
+    configurable = config.get("configurable") or {}
+    release = configurable.get("release_admission")
+    options = configurable.get(CALL_OPTIONS)
     if callable(release):
         release()
     evidence, verdict, info = _ask_budget(state, c)
     if verdict.action != "fallback":
         return await asyncio.to_thread(_locally, state, c, evidence, verdict, info)
     try:
-        answer = await c.fallback.aanswer(*_fallback_call(state, c))
+        with telemetry.agent_span("fallback"):
+            answer = await c.fallback.aanswer(
+                *_fallback_call(state, c), options=options if isinstance(options, CallOptions) else None
+            )
     except AgentError as exc:
         return await asyncio.to_thread(_fallback_failed, state, c, exc)
     return {"answer": answer}, {"model": c.fallback.label}
@@ -211,7 +222,8 @@ def _run_specialist(state: RouterState, c: Components) -> tuple[RouterState, Inf
 
 def _ask(c: Components, agent: str, item: AgentInput, deadline: float) -> AgentResult | AgentError:
     try:
-        return c.pool.run(agent, [item], timeout_s=seconds_left(deadline))[0]
+        with telemetry.agent_span(agent):
+            return c.pool.run(agent, [item], timeout_s=seconds_left(deadline))[0]
     except AgentError as exc:
         return exc
 

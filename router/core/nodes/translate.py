@@ -19,6 +19,7 @@ from slm_router.agents.hosting.local import AgentPool
 from slm_router.agents.langid import UNDETERMINED, detect_language
 from slm_router.agents.translation import LANGUAGE_NAMES, parse_request
 from slm_router.policies import Policy
+from slm_router.router.core import telemetry
 from slm_router.router.core.budget import refusal
 from slm_router.router.core.components import Components
 from slm_router.router.core.costs import answer_cost
@@ -89,7 +90,8 @@ def translate_locally(
         for text, source in messages
     ]
     try:
-        results = pool.run(TRANSLATOR, items, timeout_s=seconds_left(deadline))
+        with telemetry.agent_span(TRANSLATOR, len(items)):
+            results = pool.run(TRANSLATOR, items, timeout_s=seconds_left(deadline))
     except AgentError as exc:  # the graph's fallback may still translate
         return [LocalTranslation(None, f"{TRANSLATOR}: {exc}") for _ in messages]
     return [
@@ -139,7 +141,8 @@ def translate(
         return _untranslated(source, target, [*tried, refused])
     assert c.fallback is not None  # fallback_refused says so otherwise
     try:
-        answer = c.fallback.answer(state["text"], _prompt(source, target), None, state["deadline"])
+        with telemetry.agent_span("fallback"):
+            answer = c.fallback.answer(state["text"], _prompt(source, target), None, state["deadline"])
     except AgentError as exc:
         return _untranslated(source, target, [*tried, f"fallback: {exc}"])
     return _from_fallback(state, c, target, answer, tried)
@@ -161,7 +164,8 @@ async def atranslate(state: RouterState, c: Components) -> tuple[RouterState, In
         return _untranslated(source, target, [*tried, refused])
     assert c.fallback is not None
     try:
-        answer = await c.fallback.aanswer(state["text"], _prompt(source, target), None, state["deadline"])
+        with telemetry.agent_span("fallback"):
+            answer = await c.fallback.aanswer(state["text"], _prompt(source, target), None, state["deadline"])
     except AgentError as exc:
         return _untranslated(source, target, [*tried, f"fallback: {exc}"])
     return _from_fallback(state, c, target, answer, tried)
