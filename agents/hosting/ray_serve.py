@@ -11,19 +11,30 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol, cast
 
-import ray
-from ray import serve
-from ray.serve.config import AutoscalingConfig, ProxyLocation
-from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
-from ray.serve.schema import ApplicationStatus, LoggingConfig
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from slm_router.agents.base import Agent, AgentError, AgentInput, AgentOverloaded, AgentResult
 from slm_router.agents.hosting.local import failure_message, predict_groups
+from slm_router.extras import MissingExtraError
+
+try:
+    import ray
+    from ray import serve
+    from ray.serve import Application
+    from ray.serve.config import AutoscalingConfig, ProxyLocation
+    from ray.serve.exceptions import BackPressureError
+    from ray.serve.handle import DeploymentHandle, DeploymentResponse
+    from ray.serve.schema import ApplicationStatus, LoggingConfig
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("ray", "hosting.backend: ray (`--backend ray`)", exc.name) from exc
 
 APP_PREFIX = "slm-router-"
 _QUIET = LoggingConfig(enable_access_log=False, log_level="WARNING")
@@ -121,6 +132,76 @@ def _application(name: str, factory: Callable[[], Agent], hosting: HostingSettin
     return serve.RunTarget(app, name=APP_PREFIX + name, route_prefix=None, logging_config=_QUIET)
 
 
+class AgentAppArgs(BaseModel):
+    """The `args` of one agent's application in a Serve config (`serve run`, KubeRay `serveConfigV2`).
+
+    `config` is the agent's section of a policy (`agents.<name>`) as plain keys, so the replica builds the
+    agent as the router would without this package importing the policy schema. Scaling, queue bound and
+    CPUs are not here: a Serve config sets them under the application's `deployments:`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str
+    config: dict[str, Any] | None = None
+    base_dir: str = Field(default=".", description="What relative paths in `config` are relative to.")
+    timeout_s: float = Field(default=10.0, gt=0, description="The router's limits.agent_timeout_s.")
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0.0, le=1.0)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """One agent as a Serve application, for a Serve config's `import_path`.
+
+    The deployment is named after the agent and the application should be named `slm-router-<agent>`:
+    `RayPool` then finds it running and calls it instead of deploying its own (`_config_deployed`).
+    """
+    spec = AgentAppArgs.model_validate(args)
+    factory = partial(_configured_agent, spec.agent, spec.config, spec.base_dir, spec.timeout_s)
+    deployment = serve.deployment(name=spec.agent)(AgentReplica)
+    return deployment.bind(factory, spec.max_batch_size, spec.batch_wait_timeout_s)
+
+
+def _configured_agent(name: str, config: dict[str, Any] | None, base_dir: str, timeout_s: float) -> Agent:
+    """A registered agent built in its replica from plain config (the registry loads entry points too)."""
+    from slm_router.agents.registry import SharedParts, registered_agents
+
+    registration = registered_agents().get(name)
+    if registration is None:
+        raise AgentError(name, f"no such agent; registered agents: {sorted(registered_agents())}")
+    parts = SharedParts(partial(_no_encoder, name), partial(_resolve, Path(base_dir)), timeout_s)
+    return registration.build(None if config is None else _section(config), parts)
+
+
+def _section(value: Any) -> Any:
+    """Mappings as attribute access, as the agents' config protocols read their policy sections."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{key: _section(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [_section(item) for item in value]
+    return value
+
+
+def _resolve(base: Path, path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _no_encoder(agent: str, texts: list[str]) -> np.ndarray:
+    """The router sends its own embedding with every request; a replica from a Serve config has no encoder
+    of its own, so an agent that asks for one is told so rather than loading a second model silently."""
+    raise AgentError(agent, "needs the router's embedding, which this request did not carry")
+
+
+def _config_deployed(apps: Iterable[str]) -> set[str]:
+    """Those of `apps` a Serve config deployed (KubeRay's `serveConfigV2`, `serve deploy`): the cluster's
+    operator owns them, so a pool calls them as they are and never redeploys or deletes them."""
+    client = serve.context._get_global_client()  # set by serve.start(); status() does not say the source
+    details = client.get_serve_details().get("applications", {}) if client is not None else {}
+    wanted = set(apps)
+    return {name for name, app in details.items() if name in wanted and app.get("source") == "declarative"}
+
+
 def _deploy_failure(apps: dict[str, str]) -> AgentError | None:
     """Why an agent's deployment failed, in one line: the last line of its replica's error (the exception),
     which Serve's own "Deploying application ... failed" leaves out. None when Serve tells nothing."""
@@ -177,17 +258,22 @@ class RayPool:
         self._lock = threading.Lock()
         self._in_flight = dict.fromkeys(factories, 0)
         self._closed = False
-        targets = [_application(name, factory, hosting) for name, factory in factories.items()]
+        self._attached = _config_deployed(self._apps.values())
+        deploy = {name: f for name, f in factories.items() if self._apps[name] not in self._attached}
+        targets = [_application(name, factory, hosting) for name, factory in deploy.items()]
         try:
             # All at once: replicas load their models in parallel instead of one app after another.
-            handles = serve.run_many(targets)
+            handles = serve.run_many(targets) if targets else []
         except BaseException as exc:
             failure = _deploy_failure(self._apps) if isinstance(exc, Exception) else None
             self.close()
             if failure is not None:  # e.g. the replica's ImportError, not Serve's "failed to update"
                 raise failure from exc
             raise
-        self._handles: dict[str, DeploymentHandle] = dict(zip(factories, handles, strict=True))
+        self._handles: dict[str, DeploymentHandle] = dict(zip(deploy, handles, strict=True))
+        self._handles.update(
+            {name: serve.get_app_handle(self._apps[name]) for name in factories if name not in deploy}
+        )
 
     def names(self) -> list[str]:
         return sorted(self._apps)
@@ -257,7 +343,8 @@ class RayPool:
         }
 
     def close(self) -> None:
-        """Removes this pool's applications, or the whole cluster if this pool started it.
+        """Removes this pool's applications (not those a Serve config deployed), or the whole cluster if this
+        pool started it.
 
         An owned cluster goes with `ray.shutdown()` alone: `serve.shutdown()` first would only add ~3 s and
         "ServeController ... killed" lines from the driver's long-poll client.
@@ -272,8 +359,9 @@ class RayPool:
 
     def _delete_apps(self, wait_s: float = 60.0) -> None:
         """Deletes all apps at once: one by one, each waits out its replicas' graceful shutdown (~3 s)."""
-        for app in self._apps.values():
+        owned = set(self._apps.values()) - self._attached
+        for app in owned:
             serve.delete(app, _blocking=False)
         deadline = time.monotonic() + wait_s
-        while set(self._apps.values()) & set(serve.status().applications) and time.monotonic() < deadline:
+        while owned & set(serve.status().applications) and time.monotonic() < deadline:
             time.sleep(0.1)
