@@ -3,9 +3,10 @@
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from langchain_core.runnables import RunnableConfig
 from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
 
 from slm_router.router.errors import InvalidInputError
 from slm_router.router.result import RouteRequest, RouteResult, validation_problems
@@ -30,7 +31,7 @@ async def route(request: RouteRequest, tenant: Tenant, dispatcher: Dispatch) -> 
 )
 async def route_stream(
     request: RouteRequest, tenant: Tenant, dispatcher: Dispatch
-) -> StreamingResponse | JSONResponse:
+) -> EventSourceResponse | JSONResponse:
     """Server-sent events as the request moves through the graph: `node`, `escalation`, then `result`
     (a `RouteResult`). An error before the first event is a plain JSON error with its status; after
     it, the last event is `error` with the same body."""
@@ -53,23 +54,24 @@ async def route_stream(
             return dispatcher.failed_with(exc)
         raise
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[dict[str, str]]:
         try:
             event: RouteEvent | None = first
             while event is not None:
                 if event.result is not None:
                     metrics.observe(event.result)
-                yield f"event: {event.event}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
+                yield {"event": event.event, "data": event.model_dump_json(exclude_none=True)}
                 event = await anext(progress, None)
         except Exception as exc:  # the status line is already sent: the error becomes the last event
             _, kind, message = classify_error(exc)
             metrics.errors.labels(kind).inc()
             body = ErrorBody.of(kind, message).model_dump_json(exclude_none=True)
-            yield f'event: error\ndata: {{"error": {body}}}\n\n'
+            yield {"event": "error", "data": f'{{"error": {body}}}'}
         finally:
             await finish()
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    # sse-starlette frames the events, pings idle connections and stops when the client goes away.
+    return EventSourceResponse(events(), sep="\n")
 
 
 @endpoints.post("/v1/route/batch", response_model=BatchResponse, responses=ROUTING_ERRORS)
