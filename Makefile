@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-ray test-load lint bench bench-studies train-sentiment routes clean
+.PHONY: install install-dev demo test test-ray test-browser test-load lint bench bench-studies train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: install-dev
 # Ray integration tests: one real local Ray cluster shared by the session (about a minute on 2 cores).
 test-ray: install-dev
 	$(PY) -m pytest -m "ray and not slow"
+
+# The operator console in a real headless browser: Debian's chromium and chromium-driver must be installed
+# (apt-get install chromium chromium-driver); nothing is downloaded at run time. Saves docs/console/*.png.
+test-browser: install-dev
+	$(PY) -m pytest -m "browser"
 
 # Long load and fault tests: 2x capacity for 60 s (local) and 30 s (Ray), more generated inputs (~5 min).
 test-load: install-dev
