@@ -460,6 +460,11 @@ class ServerConfig(_Strict):
         default="required", description="`disabled` is refused unless host is a loopback address."
     )
     api_keys_env: str = Field(default="SLM_ROUTER_API_KEYS", description="Env var with comma-separated keys.")
+    admin_keys_env: str = Field(
+        default="SLM_ROUTER_ADMIN_KEYS",
+        description="Env var with comma-separated operator keys (also accepted as API keys): they may "
+        "label decisions, run learn, and write, reload or roll back the policy; other keys only read.",
+    )
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="Request bodies are counted as they arrive (chunked too)."
     )
@@ -510,6 +515,17 @@ class DecisionLogConfig(_Strict):
         default=None,
         description="SQLite file (relative to the policy); null = $SLM_ROUTER_DATA_DIR, else "
         "$XDG_DATA_HOME/slm-router, else ~/.local/share/slm-router, file decisions.db.",
+    )
+    retention_days: float | None = Field(
+        default=30,
+        gt=0,
+        description="Decisions (with their labels and shadow comparisons) older than this are deleted; "
+        "null keeps them forever.",
+    )
+    max_rows: int | None = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most decisions kept; the oldest beyond it are deleted. Null: no cap.",
     )
 
 

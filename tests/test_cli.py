@@ -94,7 +94,7 @@ def test_every_command_group_is_mounted_in_help_order() -> None:
     groups = {
         "policy": ["schema", "validate"],
         "train": ["entities", "sentiment"],
-        "log": ["export", "stats", "tail"],
+        "log": ["export", "prune", "stats", "tail"],
     }
     root = typer.main.get_group(app)
     assert list(root.commands) == commands + list(groups)

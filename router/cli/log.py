@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
+from slm_router.policies import PolicyError, load_policy
 from slm_router.router.cli.options import DbOpt, PolicyOpt, open_decision_log
 from slm_router.router.cli.output import console, fail, usage
 from slm_router.router.errors import SlmRouterError
@@ -126,3 +127,29 @@ def log_export(
     except SlmRouterError as exc:
         fail(str(exc))
     console.print(f"[green]wrote[/] {count} decisions to {file}")
+
+
+@app.command("prune")
+def log_prune(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete decisions older than 30d, 12h, ... (default: decision_log.retention_days)."
+        ),
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option(min=1, help="Keep at most this many (default: decision_log.max_rows).")
+    ] = None,
+    policy: PolicyOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Delete old decisions now, with their labels and shadow comparisons (the service also does this as
+    it writes). Each option left out takes the policy's value."""
+    try:
+        conf = load_policy(policy).decision_log
+        days = conf.retention_days
+        retention_s = _parse_since(older_than) if older_than else None if days is None else days * 86400
+        count = open_decision_log(policy, db).prune(retention_s, max_rows or conf.max_rows)
+    except (PolicyError, SlmRouterError) as exc:
+        fail(str(exc))
+    console.print(f"[green]deleted[/] {count} decisions")

@@ -1,7 +1,9 @@
 """The decision log: every routed request appended to SQLite, for `slm-router log tail|stats|export`.
 
 Writing never fails a request (a full disk logs a warning); reading raises `DecisionLogError`.
-The text is stored only when the policy allows it (`privacy.log_text`); otherwise its SHA-256.
+The text (and the answer) is stored only when the policy allows it (`privacy.log_text`); otherwise the
+text's SHA-256. Operator labels (`labels`) and shadow comparisons live in the same file and go with their
+decision: retention (`decision_log.retention_days`, `max_rows`) and "forget this conversation" delete them.
 """
 
 from __future__ import annotations
@@ -50,9 +52,34 @@ COLUMNS = (
     "conversation_id",
     "cost",
     "budget_exceeded",
+    "tenant",
+    "output",
+    "margin",
 )
-# Columns added after the first release: an older log gets them on open (ALTER TABLE), old rows read 0.
-_ADDED = {"cost": "REAL NOT NULL DEFAULT 0", "budget_exceeded": "INTEGER NOT NULL DEFAULT 0"}
+# Columns added after the first release: an older log gets them on open (ALTER TABLE), old rows read 0 or
+# NULL (a NULL tenant is nobody's: "forget" by a tenant never deletes it; retention does).
+_ADDED = {
+    "cost": "REAL NOT NULL DEFAULT 0",
+    "budget_exceeded": "INTEGER NOT NULL DEFAULT 0",
+    "tenant": "TEXT",
+    "output": "TEXT",
+    "margin": "REAL",
+}
+# After the migration: indexes on added columns, and the labels table.
+_AFTER = """
+CREATE INDEX IF NOT EXISTS decisions_conversation ON decisions (conversation_id, tenant)
+    WHERE conversation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS shadow_decision ON shadow (decision_id);
+CREATE TABLE IF NOT EXISTS labels (
+    decision_id INTEGER PRIMARY KEY,
+    route TEXT,
+    answer TEXT,
+    labelled_by TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+"""
+PRUNE_EVERY_WRITES = 1000  # retention runs on open, then at most once per this many writes ...
+PRUNE_EVERY_S = 600.0  # ... or this many seconds (whichever comes first, and only when something was written)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -131,6 +158,14 @@ def default_log_path() -> Path:
     return Path(root) / "decisions.db"
 
 
+def margin_of(scores: dict[str, float]) -> float | None:
+    """Top route probability minus the runner-up's: small = the router hesitated between two routes."""
+    top = sorted(scores.values(), reverse=True)[:2]
+    if not top:
+        return None
+    return float(top[0] - (top[1] if len(top) > 1 else 0.0))
+
+
 def log_path(policy: Policy) -> Path:
     conf = policy.decision_log
     return policy.resolve(conf.path) if conf.path else default_log_path()
@@ -138,7 +173,14 @@ def log_path(policy: Policy) -> Path:
 
 def open_log(policy: Policy) -> DecisionLog | None:
     """The policy's decision log, or None when it is disabled. Nothing is touched on disk yet."""
-    return DecisionLog(log_path(policy)) if policy.decision_log.enabled else None
+    conf = policy.decision_log
+    if not conf.enabled:
+        return None
+    return DecisionLog(
+        log_path(policy),
+        retention_s=None if conf.retention_days is None else conf.retention_days * 86400,
+        max_rows=conf.max_rows,
+    )
 
 
 def _row(values: sqlite3.Row) -> dict[str, Any]:
@@ -150,13 +192,18 @@ def _row(values: sqlite3.Row) -> dict[str, Any]:
 
 
 class DecisionLog:
-    """One SQLite file (WAL mode), created on the first `record`; safe to share between threads."""
+    """One SQLite file (WAL mode), created on the first `record`; safe to share between threads.
+    With `retention_s`/`max_rows`, writing prunes old rows now and then (`PRUNE_EVERY_*`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention_s: float | None = None, max_rows: int | None = None) -> None:
         self.path = Path(path)
+        self.retention_s = retention_s
+        self.max_rows = max_rows
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._last_error: str | None = None
+        self._writes_since_prune = 0
+        self._last_prune = 0.0
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         if self._conn is not None:
@@ -175,16 +222,22 @@ class DecisionLog:
             for column, kind in _ADDED.items():
                 if column not in present:
                     conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
+            conn.executescript(_AFTER)
         except (OSError, sqlite3.Error) as exc:
             raise DecisionLogError(f"cannot open decision log {self.path}: {exc}", self.path) from exc
         self._conn = conn
         return conn
 
     def record(
-        self, result: RouteResult, text: str, log_text: bool, conversation_id: str | None = None
+        self,
+        result: RouteResult,
+        text: str,
+        log_text: bool,
+        conversation_id: str | None = None,
+        tenant: str | None = None,
     ) -> int | None:
         """Append one decision; returns its id. Never raises: a failure (full disk, bad path) is logged
-        and dropped, and the id is None."""
+        and dropped, and the id is None. The answer is kept only with `log_text` (it may quote the text)."""
         try:
             scores = next((t.info.get("probabilities") for t in result.trace if t.node == "classify"), None)
             values = (
@@ -206,8 +259,11 @@ class DecisionLog:
                 conversation_id,
                 result.cost,
                 int(result.budget_exceeded),
+                tenant,
+                result.output if log_text else None,
+                margin_of(scores or {}),
             )
-            return self._write(_INSERT, values)
+            return self._write(_INSERT, values, prune=True)
         except Exception as exc:
             self._failed(exc)
             return None
@@ -230,13 +286,98 @@ class DecisionLog:
         except Exception as exc:
             self._failed(exc)
 
-    def _write(self, sql: str, values: tuple[Any, ...]) -> int | None:
+    def _write(self, sql: str, values: tuple[Any, ...], prune: bool = False) -> int | None:
         with self._lock:
             conn = self._connect(create=True)
             with conn:
                 row_id = conn.execute(sql, values).lastrowid
+            if prune:
+                self._writes_since_prune += 1
+                if self._prune_due():
+                    self._prune(conn, self.retention_s, self.max_rows)
         self._last_error = None
         return row_id
+
+    def _prune_due(self) -> bool:
+        if self.retention_s is None and self.max_rows is None:
+            return False
+        return (
+            self._last_prune == 0.0
+            or self._writes_since_prune >= PRUNE_EVERY_WRITES
+            or time.monotonic() - self._last_prune >= PRUNE_EVERY_S
+        )
+
+    def _prune(self, conn: sqlite3.Connection, retention_s: float | None, max_rows: int | None) -> int:
+        """Delete decisions older than `retention_s` or beyond the newest `max_rows`, with their labels
+        and shadow rows (caller holds the lock). Uses the ts index and the primary key only."""
+        self._writes_since_prune = 0
+        self._last_prune = time.monotonic()
+        cutoff_ts = -1.0 if retention_s is None else time.time() - retention_s
+        cutoff_id = -1
+        if max_rows is not None:  # ids only grow: the newest max_rows ids, from the primary key alone
+            newest = conn.execute("SELECT MAX(id) FROM decisions").fetchone()[0]
+            cutoff_id = -1 if newest is None else int(newest) - max_rows
+        doomed = "SELECT id FROM decisions WHERE ts < ? OR id <= ?"
+        with conn:
+            conn.execute(f"DELETE FROM labels WHERE decision_id IN ({doomed})", (cutoff_ts, cutoff_id))
+            conn.execute(
+                f"DELETE FROM shadow WHERE ts < ? OR decision_id IN ({doomed})",
+                (cutoff_ts, cutoff_ts, cutoff_id),
+            )
+            deleted = conn.execute(
+                "DELETE FROM decisions WHERE ts < ? OR id <= ?", (cutoff_ts, cutoff_id)
+            ).rowcount
+        return int(deleted)
+
+    def prune(self, retention_s: float | None, max_rows: int | None) -> int:
+        """Delete decisions older than `retention_s` seconds or outside the newest `max_rows` ids (None: no
+        limit; ids freed by "forget" count, so a little fewer may stay), with their labels and shadow rows;
+        returns how many decisions went."""
+        with self._lock:
+            conn = self._connect(create=False)
+            try:
+                return self._prune(conn, retention_s, max_rows)
+            except sqlite3.Error as exc:
+                raise DecisionLogError(f"cannot prune decision log {self.path}: {exc}", self.path) from exc
+
+    def delete_conversation(self, conversation_id: str, tenant: str) -> int:
+        """Forget one conversation of one tenant: its decisions, their labels and shadow rows; returns how
+        many decisions went. Another tenant's conversation with the same id is untouched. No log: 0."""
+        if not self.path.is_file() and self._conn is None:
+            return 0
+        doomed = "SELECT id FROM decisions WHERE conversation_id = ? AND tenant = ?"
+        with self._lock:
+            conn = self._connect(create=False)
+            try:
+                with conn:
+                    for table in ("labels", "shadow"):
+                        conn.execute(
+                            f"DELETE FROM {table} WHERE decision_id IN ({doomed})", (conversation_id, tenant)
+                        )
+                    return int(
+                        conn.execute(
+                            "DELETE FROM decisions WHERE conversation_id = ? AND tenant = ?",
+                            (conversation_id, tenant),
+                        ).rowcount
+                    )
+            except sqlite3.Error as exc:
+                raise DecisionLogError(
+                    f"cannot delete from decision log {self.path}: {exc}", self.path
+                ) from exc
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read-only SQL for the console's aggregates (overview, review, what-if): rows by column name."""
+        return self._query(sql, params)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One write statement in its own transaction (labels); raises `DecisionLogError` on failure."""
+        with self._lock:
+            conn = self._connect(create=False)
+            try:
+                with conn:
+                    return int(conn.execute(sql, params).rowcount)
+            except sqlite3.Error as exc:
+                raise DecisionLogError(f"cannot write decision log {self.path}: {exc}", self.path) from exc
 
     def _failed(self, exc: Exception) -> None:
         """The request path must not fail because the log cannot be written; warn once per problem."""
