@@ -46,6 +46,7 @@ class Parts:
     shadow: Shadow | None
     owns_pool: bool
     owns_embedder: bool
+    owns_conversations: bool
 
 
 def compose(
@@ -54,8 +55,10 @@ def compose(
     embedder: Embedder | None = None,
     backend: Backend | None = None,
     agents: Sequence[str] = (),
+    conversations: ConversationStore | None = None,
 ) -> Parts:
-    """All parts for `policy`; `agents` are registered agents to route to besides those the policy names."""
+    """All parts for `policy`; `agents` are registered agents to route to besides those the policy names.
+    `conversations`: a running router's memory to keep (a policy reload must not forget conversations)."""
     policy = with_agent_routes(policy, agents)
     shared_embedder = embedder or Embedder(
         _embedder_model(policy),
@@ -74,11 +77,12 @@ def compose(
     decision_log = open_log(policy)
     return Parts(
         components=Components(policy, shared_embedder, index, hosting, fallback, budget),
-        conversations=open_store(policy),
+        conversations=conversations or open_store(policy),
         decision_log=decision_log,
         shadow=build_shadow(policy, fallback, budget, decision_log),
         owns_pool=pool is None,
         owns_embedder=embedder is None,
+        owns_conversations=conversations is None,
     )
 
 

@@ -24,7 +24,7 @@ from slm_router.policies import Policy, load_policy
 from slm_router.router.compose import Backend, compose
 from slm_router.router.core import telemetry
 from slm_router.router.core.batch import arun_batch, run_batch
-from slm_router.router.core.conversations import DEFAULT_TENANT, Turn
+from slm_router.router.core.conversations import DEFAULT_TENANT, ConversationStore, Turn
 from slm_router.router.core.embedder import Embedder
 from slm_router.router.core.graph import build_graph
 from slm_router.router.core.index import CalibrationReport, Neighbour, RouteScores
@@ -160,10 +160,12 @@ class Router(Runnable[RouterInput, RouteResult]):
         embedder: Embedder | None = None,
         backend: Backend | None = None,
         agents: Sequence[str] = (),
+        conversations: ConversationStore | None = None,
     ) -> None:
-        """Run with the parts `router/compose.py` builds from `policy`; a `pool` or `embedder` passed in is
-        shared (never closed here). `agents`: registered agents to route to that the policy does not name."""
-        self.parts = compose(policy, pool, embedder, backend, agents)
+        """Run with the parts `router/compose.py` builds from `policy`; a `pool`, `embedder` or
+        `conversations` store passed in is shared (never closed here). `agents`: registered agents to
+        route to that the policy does not name."""
+        self.parts = compose(policy, pool, embedder, backend, agents, conversations)
         components = self.parts.components
         self.policy = components.policy
         self.embedder = components.embedder
@@ -208,7 +210,8 @@ class Router(Runnable[RouterInput, RouteResult]):
             self.embedder.close()
         if self.decision_log is not None:
             self.decision_log.close()
-        self.conversations.close()
+        if self.parts.owns_conversations:
+            self.conversations.close()
         if self.fallback is not None:
             self.fallback.close()
 
@@ -229,18 +232,24 @@ class Router(Runnable[RouterInput, RouteResult]):
         """Keep the conversation's turns (when it has an id) and record the decision."""
         if request.conversation_id is not None:
             self.conversations.save(tenant, request.conversation_id, state["history"])
-        return self._record(request, state["result"])
+        return self._record(request, state["result"], tenant)
 
     def forget(self, conversation_id: str, tenant: str = DEFAULT_TENANT) -> bool:
-        """Delete one conversation's memory (e.g. on a user's request); False when none was kept."""
-        return self.conversations.delete(tenant, conversation_id)
+        """Delete one conversation (e.g. on a user's request): its memory and its decision-log rows (with
+        their labels), for this tenant only; False when nothing was kept."""
+        forgotten = self.conversations.delete(tenant, conversation_id)
+        if self.decision_log is not None:
+            forgotten = self.decision_log.delete_conversation(conversation_id, tenant) > 0 or forgotten
+        return forgotten
 
-    def _record(self, request: RouteRequest, result: RouteResult) -> RouteResult:
+    def _record(
+        self, request: RouteRequest, result: RouteResult, tenant: str = DEFAULT_TENANT
+    ) -> RouteResult:
         """Append the decision to the log (a fraction of a millisecond; never raises); maybe shadow it."""
         decision_id = None
         if self.decision_log is not None:
             decision_id = self.decision_log.record(
-                result, request.text, self.policy.privacy.log_text, request.conversation_id
+                result, request.text, self.policy.privacy.log_text, request.conversation_id, tenant
             )
         if self.shadow is not None:
             self.shadow.offer(result, request.text, decision_id)
@@ -428,7 +437,7 @@ class Router(Runnable[RouterInput, RouteResult]):
                     self.conversations.save(tenant, request.conversation_id, change["history"])
                 for event in _events(node, change or {}):
                     if event.result is not None:
-                        self._record(request, event.result)
+                        self._record(request, event.result, tenant)
                     yield event
 
     def explain(self, text: str, neighbours: int = 5) -> Explanation:
@@ -488,4 +497,4 @@ class Router(Runnable[RouterInput, RouteResult]):
             state = await task
         finally:
             task.cancel()  # the consumer stopped early: stop the run too
-        yield self._record(request, state["result"])
+        yield self._record(request, state["result"], tenant_of(config))

@@ -94,3 +94,16 @@ def test_memory_is_bounded_in_count_and_age(backend: str, tmp_path: Path) -> Non
     assert store.load("t", "conv-0") == [] and store.load("t", f"conv-{n - 1}") == turn
     time.sleep(0.6)
     assert store.load("t", f"conv-{n - 1}") == []
+
+
+def test_a_router_given_a_running_store_keeps_its_conversations(router: Router) -> None:
+    """What a policy reload does: the new router reads the running router's conversations, and closing it
+    leaves them to their owner."""
+    router.invoke({"text": FIRST, "conversation_id": "conv-reload"})
+    reloaded = Router(
+        router.policy, pool=router.pool, embedder=router.embedder, conversations=router.conversations
+    )
+    follow_up = reloaded.invoke({"text": FOLLOW_UP, "conversation_id": "conv-reload"})
+    assert next(t for t in follow_up.trace if t.node == "classify").info["used_context"] is True
+    reloaded.close()
+    assert len(router.conversations.load(DEFAULT_TENANT, "conv-reload")) == 2  # still open, both turns

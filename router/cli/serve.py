@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from slm_router.policies import PolicyError, load_policy
+from slm_router.policies import DEFAULT_POLICY, PolicyError, load_policy
 from slm_router.router.cli.options import PolicyOpt
 from slm_router.router.cli.output import console, fail, need_extra
 from slm_router.router.errors import SlmRouterError
@@ -29,7 +29,7 @@ def serve(
     need_extra("serve", "`slm-router serve`")
     import uvicorn
 
-    from slm_router.router.service.api_keys import ServerConfigError, resolve_api_keys
+    from slm_router.router.service.api_keys import ServerConfigError, resolve_admin_keys, resolve_api_keys
     from slm_router.router.service.app import create_app
 
     try:
@@ -56,7 +56,10 @@ def serve(
                 first = (str(exc).strip().splitlines() or [""])[0]
                 reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
             fail(f"could not start the router ({backend or conf.hosting.backend} backend): {reason}")
-    app_ = create_app(router, conf.server, keys)
+    # Operator keys (server.admin_keys_env) may label, learn and reload the policy in the console; with
+    # auth disabled (loopback only) every caller is an operator.
+    admin = resolve_admin_keys(conf.server) if keys is not None else set()
+    app_ = create_app(router, conf.server, keys, admin_keys=admin, policy_path=policy or DEFAULT_POLICY)
     console.print(
         f"serving on http://{bind_host}:{port or conf.server.port}  (docs: /docs, metrics: /metrics)"
     )

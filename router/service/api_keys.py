@@ -24,7 +24,8 @@ def is_loopback(host: str) -> bool:
 
 
 def resolve_api_keys(settings: ServerConfig, host: str) -> set[str] | None:
-    """The accepted keys, or None when auth is off; off is only allowed on a loopback address."""
+    """The accepted keys (operator keys included), or None when auth is off; off is only allowed on a
+    loopback address."""
     if settings.auth == "disabled":
         if not is_loopback(host):
             raise ServerConfigError(
@@ -32,10 +33,19 @@ def resolve_api_keys(settings: ServerConfig, host: str) -> set[str] | None:
                 "set API keys in $" + settings.api_keys_env + " or bind to 127.0.0.1"
             )
         return None
-    keys = {k.strip() for k in os.environ.get(settings.api_keys_env, "").split(",") if k.strip()}
+    keys = _keys_in(settings.api_keys_env) | resolve_admin_keys(settings)
     if not keys:
         raise ServerConfigError(
             f"no API keys: set ${settings.api_keys_env} (comma-separated), "
             "or server.auth: disabled for a loopback-only service"
         )
     return keys
+
+
+def resolve_admin_keys(settings: ServerConfig) -> set[str]:
+    """The operator keys ($server.admin_keys_env): every other accepted key only reads the console."""
+    return _keys_in(settings.admin_keys_env)
+
+
+def _keys_in(env: str) -> set[str]:
+    return {k.strip() for k in os.environ.get(env, "").split(",") if k.strip()}

@@ -85,6 +85,15 @@ class Dispatcher:
                 self.metrics.observe(outcome)
         return outcomes
 
+    def swap(self, router: Router) -> Router:
+        """Serve from now on with `router` (a policy reload or rollback) and return the one it replaces.
+
+        One attribute assignment, so the swap is atomic: a request already running keeps the router it
+        started with, and every later one gets the new router. Closing the old one is the caller's
+        business (`console_api.Console` waits out the request deadline first)."""
+        previous, self.router = self.router, router
+        return previous
+
     def failed(self, status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
         """The error answer, counted (and counted as shed when admission refused it)."""
         self.metrics.errors.labels(kind).inc()

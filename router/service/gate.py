@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import hmac
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from slm_router.router.service.errors import error_bytes
 
@@ -27,6 +27,9 @@ TENANT_HEADER = b"x-slm-tenant"
 MAX_TENANT_CHARS = 128
 DRAIN_LIMIT = 16_000_000  # beyond it a refused body is not read at all: the connection is just closed
 UNAUTHORIZED = "missing or invalid API key (Authorization: Bearer <key>)"
+LOCAL_CALLER = "local"  # who acts when auth is off (loopback only): labels name it as their author
+
+Role = Literal["viewer", "operator"]
 
 
 def tenant_id(key: bytes) -> str:
@@ -34,26 +37,61 @@ def tenant_id(key: bytes) -> str:
     return "key-" + hashlib.sha256(key).hexdigest()[:16]
 
 
+class Caller(NamedTuple):
+    """Who a request acts for: its tenant, its role, and its key's id (never the key itself)."""
+
+    tenant: str
+    role: Role
+    key_id: str
+
+
+class KeyRing:
+    """The accepted keys and which of them are operators' (`api_keys=None`: auth is off, everyone is an
+    operator). The Gate asks it per request, and the console's login page per sign-in."""
+
+    def __init__(self, api_keys: Collection[str] | None, admin_keys: Collection[str] = ()) -> None:
+        self.admin_keys = [k.encode("utf-8") for k in admin_keys]
+        self.keys = None if api_keys is None else [k.encode("utf-8") for k in api_keys] + self.admin_keys
+
+    def caller(self, given: bytes | str | None, sub: str = "") -> Caller | None:
+        """Who a key acts for (`sub`: the X-SLM-Tenant narrowing), or None when it is missing or wrong."""
+        if self.keys is None:
+            return Caller(sub or "default", "operator", LOCAL_CALLER)
+        if isinstance(given, str):
+            given = given.encode("utf-8")
+        if not given:
+            return None
+        # Bytes compare in constant time and take any byte (a non-ASCII key is just a wrong key).
+        match = next((k for k in self.keys if hmac.compare_digest(given, k)), None)
+        if match is None:
+            return None
+        role: Role = "operator" if any(hmac.compare_digest(match, k) for k in self.admin_keys) else "viewer"
+        key_id = tenant_id(match)
+        return Caller(key_id + (f"/{sub}" if sub else ""), role, key_id)
+
+
 class Gate:
     """Authenticates, bounds the body, and cancels the work of a client that went away.
 
-    `api_keys=None` turns authentication off (loopback only, see `api_keys.resolve_api_keys`). The tenant
-    the request acts for goes to `scope["state"]["tenant"]`: the key's id, narrowed by an optional
-    `X-SLM-Tenant` header (so a platform can separate its own customers behind one key, but no key can
-    reach into another key's tenants).
+    A `keyring` without keys turns authentication off (loopback only, see `api_keys.resolve_api_keys`):
+    every caller is then an operator. The tenant the request acts for goes to `scope["state"]["tenant"]`: the
+    key's id, narrowed by an optional `X-SLM-Tenant` header (so a platform can separate its own customers
+    behind one key, but no key can reach into another key's tenants). `scope["state"]["role"]` is
+    "operator" for an operator key, else "viewer"; `scope["state"]["key_id"]` names the key without
+    revealing it ("" on an open path called without a key).
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        api_keys: Collection[str] | None,
+        keyring: KeyRing,
         max_body_bytes: int,
         open_paths: Collection[str],
         on_error: Callable[[str], None],
         on_cancel: Callable[[], None],
     ) -> None:
         self.app = app
-        self.keys = None if api_keys is None else [k.encode("utf-8") for k in api_keys]
+        self.keyring = keyring
         self.max_body_bytes = max_body_bytes
         self.open_paths = frozenset(open_paths)
         self.on_error = on_error
@@ -64,30 +102,26 @@ class Gate:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        tenant = self._tenant(headers)
-        if tenant is None and scope["path"] not in self.open_paths:
+        caller = self._caller(headers)
+        # The console's pages admit a browser by its session cookie themselves (service/console/pages.py).
+        console = scope["path"] == "/console" or scope["path"].startswith("/console/")
+        if caller is None and scope["path"] not in self.open_paths and not console:
             await self._refuse(send, 401, "unauthorized", UNAUTHORIZED)
             return
-        scope.setdefault("state", {})["tenant"] = tenant or "default"
+        state = scope.setdefault("state", {})
+        state["tenant"] = caller.tenant if caller else "default"
+        state["role"] = caller.role if caller else "viewer"
+        state["key_id"] = caller.key_id if caller else ""
         body = await self._read_body(headers, receive, send)
         if body is None:
             return
         await self._run(scope, body, receive, send)
 
-    def _tenant(self, headers: dict[bytes, bytes]) -> str | None:
-        """The caller's tenant, or None when the key is missing or wrong."""
+    def _caller(self, headers: dict[bytes, bytes]) -> Caller | None:
+        """The caller's tenant and role, or None when the key is missing or wrong."""
         sub = headers.get(TENANT_HEADER, b"").decode("latin-1").strip()[:MAX_TENANT_CHARS]
-        if self.keys is None:
-            return sub or "default"
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-        given = given.strip()
-        if scheme.lower() != b"bearer" or not given:
-            return None
-        # Bytes compare in constant time and take any byte (a non-ASCII key is just a wrong key).
-        match = next((k for k in self.keys if hmac.compare_digest(given, k)), None)
-        if match is None:
-            return None
-        return tenant_id(match) + (f"/{sub}" if sub else "")
+        return self.keyring.caller(given.strip() if scheme.lower() == b"bearer" else None, sub)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once a 413 has been sent: the count stops at the limit, chunked or not."""
