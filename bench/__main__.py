@@ -54,6 +54,7 @@ SECTIONS = {
     "int8": Section("bench.int8", "the int8 ONNX encoder vs fp32: latency and routing accuracy", 180),
     "memory": Section("bench.memory", "resident memory: router, specialists, shared models", 180),
     "startup": Section("bench.startup", "import slm_router and slm-router --help in a fresh process", 120),
+    "console": Section("bench.console", "the operator console's queries over 100k logged decisions", 180),
     "specialists": Section(
         "bench.specialists",
         "each specialist in-process and on Ray Serve vs the fallback",
@@ -136,6 +137,16 @@ GOALS: list[tuple[str, str, str]] = [
         "`/v1/route` p50 / in-process `invoke` (specialists)",
         "service.default.single.http_over_invoke_p50",
         "<= 1.3",
+    ),
+    (
+        "console overview of 100k logged decisions, 24 h window, cold median (s)",
+        "console.overview_24h.cold_median_s",
+        "< 1",
+    ),
+    (
+        "console overview of 100k logged decisions, 24 h window, cold max (s)",
+        "console.overview_24h.cold_max_s",
+        "< 1",
     ),
 ]
 

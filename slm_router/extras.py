@@ -16,7 +16,7 @@ from types import ModuleType
 # The modules each extra installs (top-level import names; tests/test_packaging.py checks them against
 # pyproject.toml's optional-dependencies).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "sse_starlette", "jinja2"),
+    "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "sse_starlette"),
     "ray": ("ray",),
     "llamacpp": ("llama_cpp",),
     "eval": ("matplotlib", "sacrebleu"),
