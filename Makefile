@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-ray test-browser test-load lint bench bench-studies train-sentiment routes clean
+.PHONY: install install-dev demo test test-ray test-browser console-screenshots test-load lint bench bench-studies train-sentiment routes clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,13 @@ test-ray: install-dev
 	$(PY) -m pytest -m "ray and not slow"
 
 # The operator console in a real headless browser: Debian's chromium and chromium-driver must be installed
-# (apt-get install chromium chromium-driver); nothing is downloaded at run time. Saves docs/console/*.png.
+# (apt-get install chromium chromium-driver); nothing is downloaded at run time.
 test-browser: install-dev
 	$(PY) -m pytest -m "browser"
+
+# The README's console pictures (docs/console/*.png), from the same browser test.
+console-screenshots: install-dev
+	SLM_ROUTER_SCREENSHOTS=docs/console $(PY) -m pytest -m "browser" tests/test_console_browser.py
 
 # Long load and fault tests: 2x capacity for 60 s (local) and 30 s (Ray), more generated inputs (~5 min).
 test-load: install-dev

@@ -4,7 +4,8 @@ the fallback a fake OpenAI-compatible server through LangChain's ChatOpenAI), th
 - in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium; marker `browser`,
   skipped only where the browser is not installed): sign in with an operator key, see the overview with
   data, label three queued decisions, run learn (progress bar) and see the escalation rate change, the
-  what-if curve; screenshots go to docs/console/*.png;
+  what-if curve; screenshots go to $SLM_ROUTER_SCREENSHOTS (`make console-screenshots` sets docs/console,
+  the README's pictures), else to the test's temporary folder, so a test run leaves the clone clean;
 - over plain HTTP: no session -> 401 (a browser is sent to the login page), a viewer key cannot label
   (403), a form without its CSRF token is refused (403), and with `privacy.log_text: false` no page
   contains the routed text.
@@ -12,7 +13,9 @@ the fallback a fake OpenAI-compatible server through LangChain's ChatOpenAI), th
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +28,12 @@ from slm_router.policies import Policy
 from slm_router.router.runnable import Router
 from slm_router.router.service.app import create_app
 from slm_router.router.service.console.sessions import SessionStore
-from tests.conftest import ROOT, policy_with, serving
+from tests.conftest import policy_with, serving
 from tests.fake_llm import FakeLLM
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SHOTS = ROOT / "docs" / "console"
+SHOTS = Path(os.environ.get("SLM_ROUTER_SCREENSHOTS") or tempfile.mkdtemp(prefix="slm-router-console-"))
 VIEWER_KEY = "console-viewer-key"
 OPERATOR_KEY = "console-operator-key"
 HTML = {"Accept": "text/html"}
