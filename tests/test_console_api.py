@@ -260,6 +260,8 @@ def test_without_log_text_no_answer_contains_message_text(
         assert queue and all(item["text"] is None and item["answer"] is None for item in queue)
         first = queue[0]["decision_id"]
         assert c.post("/v1/console/labels", json={"decision_id": first, "route": "other"}).status_code == 200
+        with_answer = {"decision_id": first, "route": "extract", "answer": "ORDER_ID QX-99812"}
+        _error(c.post("/v1/console/labels", json=with_answer), 422, "invalid_label")  # would store content
         _error(c.post("/v1/console/learn"), 409, "no_text")
         answers = [
             c.get(f"/v1/console/{path}", params=params)

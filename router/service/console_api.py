@@ -169,6 +169,14 @@ class Console:
 
     def label(self, label: Label, labelled_by: str) -> None:
         """Store an operator's label; `labelled_by` is a key id (`Caller.key_id`), never a key."""
+        if label.answer and not self.router.policy.privacy.log_text:
+            # An answer repeats what the message said (an order id, an e-mail address): it is stored only
+            # where the message text may be (the reviewer sees no text then anyway).
+            raise ConsoleError(
+                "answer: a right answer can be stored only with privacy.log_text: true; label the route only",
+                422,
+                "invalid_label",
+            )
         found = self.decision_log()
         if not found.path.is_file():
             raise ConsoleError(f"no decision {label.decision_id}: nothing is logged yet", 404, "not_found")
