@@ -219,13 +219,15 @@ class Router(Runnable[RouterInput, RouteResult]):
     def routes(self) -> list[str]:
         return list(self.policy.routes)
 
-    def _start(self, request: RouteRequest, tenant: str) -> GraphInput:
-        """The graph's input: the request, its deadline, and the conversation's turns so far."""
-        history = (
-            []
-            if request.conversation_id is None
-            else self.conversations.load(tenant, request.conversation_id)
-        )
+    def _start(self, request: RouteRequest, tenant: str, history: list[Turn] | None = None) -> GraphInput:
+        """The graph's input: the request, its deadline, and the conversation's turns so far (`history`
+        when the caller keeps the conversation, else the stored turns)."""
+        if history is None:
+            history = (
+                []
+                if request.conversation_id is None
+                else self.conversations.load(tenant, request.conversation_id)
+            )
         return fresh_state(request, time.monotonic() + self.policy.limits.request_timeout_s, history)
 
     def _finish(self, request: RouteRequest, tenant: str, state: GraphOutput) -> RouteResult:
@@ -482,7 +484,8 @@ class Router(Runnable[RouterInput, RouteResult]):
         given: dict[str, Any] = dict(config or {})
         configurable = {**(given.get("configurable") or {}), CALL_OPTIONS: options}
         run_config = named(cast(RunnableConfig, {**given, "configurable": configurable}))
-        start = fresh_state(request, time.monotonic() + self.policy.limits.request_timeout_s, history)
+        tenant = tenant_of(config)
+        start = self._start(request, tenant, history)
 
         async def run() -> GraphOutput:
             try:
@@ -497,4 +500,4 @@ class Router(Runnable[RouterInput, RouteResult]):
             state = await task
         finally:
             task.cancel()  # the consumer stopped early: stop the run too
-        yield self._record(request, state["result"], tenant_of(config))
+        yield self._record(request, state["result"], tenant)
