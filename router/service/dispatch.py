@@ -34,6 +34,10 @@ class Dispatcher:
         """Nodes cut their own timeouts to the request's deadline and answer first; this is the backstop."""
         return self.router.policy.limits.request_timeout_s + 1.0
 
+    def too_late(self) -> RequestTimeoutError:
+        """What a request that hit the backstop deadline gets (504 `request_timeout`)."""
+        return RequestTimeoutError(f"no answer within {self.deadline_s - 1:g} s (limits.request_timeout_s)")
+
     async def route(self, request: RouteRequest, endpoint: str, tenant: str) -> RouteResult:
         """One message in its own admission slot, which the graph may give back early."""
         async with self.admission.slot() as release:
@@ -50,9 +54,7 @@ class Dispatcher:
         try:
             result = await asyncio.wait_for(self.router.ainvoke(request, config), self.deadline_s)
         except asyncio.TimeoutError:
-            raise RequestTimeoutError(
-                f"no answer within {self.deadline_s - 1:g} s (limits.request_timeout_s)"
-            ) from None
+            raise self.too_late() from None
         finally:
             self.metrics.in_flight.dec()
             self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
@@ -73,8 +75,7 @@ class Dispatcher:
             answered = self.router.abatch(list(requests), config, return_exceptions=True)
             outcomes = cast(list[RouteResult | Exception], await asyncio.wait_for(answered, self.deadline_s))
         except asyncio.TimeoutError:
-            late = f"no answer within {self.deadline_s - 1:g} s (limits.request_timeout_s)"
-            outcomes = [RequestTimeoutError(late) for _ in requests]
+            outcomes = [self.too_late() for _ in requests]
         finally:
             self.metrics.in_flight.dec(len(requests))
             elapsed = time.perf_counter() - start

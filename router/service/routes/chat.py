@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 from slm_router.agents.base import FallbackOutput
 from slm_router.agents.fallback.agent import CallOptions, Sampling
 from slm_router.router.core.conversations import Turn
-from slm_router.router.errors import FallbackError, RequestTimeoutError
+from slm_router.router.errors import FallbackError
 from slm_router.router.result import RouteRequest, RouteResult, validation_problems
 from slm_router.router.service.dependencies import Dispatch, Tenant
 from slm_router.router.service.dispatch import Dispatcher
@@ -246,8 +246,7 @@ async def _turn(
                 try:
                     item = await asyncio.wait_for(anext(items, None), until - time.monotonic())
                 except TimeoutError:
-                    late = f"no answer within {dispatcher.deadline_s - 1:g} s (limits.request_timeout_s)"
-                    raise RequestTimeoutError(late) from None
+                    raise dispatcher.too_late() from None
                 if item is None:
                     return
                 if isinstance(item, RouteResult):
