@@ -17,6 +17,8 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -329,41 +331,38 @@ class DecisionLog:
             ).rowcount
         return int(deleted)
 
+    @contextmanager
+    def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock (the log must exist); a failure is a `DecisionLogError`
+        saying what could not be done."""
+        with self._lock:
+            conn = self._connect(create=False)
+            try:
+                with conn:
+                    yield conn
+            except sqlite3.Error as exc:
+                raise DecisionLogError(f"cannot {doing} decision log {self.path}: {exc}", self.path) from exc
+
     def prune(self, retention_s: float | None, max_rows: int | None) -> int:
         """Delete decisions older than `retention_s` seconds or outside the newest `max_rows` ids (None: no
         limit; ids freed by "forget" count, so a little fewer may stay), with their labels and shadow rows;
         returns how many decisions went."""
-        with self._lock:
-            conn = self._connect(create=False)
-            try:
-                return self._prune(conn, retention_s, max_rows)
-            except sqlite3.Error as exc:
-                raise DecisionLogError(f"cannot prune decision log {self.path}: {exc}", self.path) from exc
+        with self._writing("prune") as conn:
+            return self._prune(conn, retention_s, max_rows)
 
     def delete_conversation(self, conversation_id: str, tenant: str) -> int:
         """Forget one conversation of one tenant: its decisions, their labels and shadow rows; returns how
         many decisions went. Another tenant's conversation with the same id is untouched. No log: 0."""
         if not self.path.is_file() and self._conn is None:
             return 0
-        doomed = "SELECT id FROM decisions WHERE conversation_id = ? AND tenant = ?"
-        with self._lock:
-            conn = self._connect(create=False)
-            try:
-                with conn:
-                    for table in ("labels", "shadow"):
-                        conn.execute(
-                            f"DELETE FROM {table} WHERE decision_id IN ({doomed})", (conversation_id, tenant)
-                        )
-                    return int(
-                        conn.execute(
-                            "DELETE FROM decisions WHERE conversation_id = ? AND tenant = ?",
-                            (conversation_id, tenant),
-                        ).rowcount
-                    )
-            except sqlite3.Error as exc:
-                raise DecisionLogError(
-                    f"cannot delete from decision log {self.path}: {exc}", self.path
-                ) from exc
+        match = "conversation_id = ? AND tenant = ?"
+        key = (conversation_id, tenant)
+        with self._writing("delete from") as conn:
+            for table in ("labels", "shadow"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE decision_id IN (SELECT id FROM decisions WHERE {match})", key
+                )
+            return int(conn.execute(f"DELETE FROM decisions WHERE {match}", key).rowcount)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Read-only SQL for the console's aggregates (overview, review, what-if): rows by column name."""
@@ -371,13 +370,8 @@ class DecisionLog:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One write statement in its own transaction (labels); raises `DecisionLogError` on failure."""
-        with self._lock:
-            conn = self._connect(create=False)
-            try:
-                with conn:
-                    return int(conn.execute(sql, params).rowcount)
-            except sqlite3.Error as exc:
-                raise DecisionLogError(f"cannot write decision log {self.path}: {exc}", self.path) from exc
+        with self._writing("write") as conn:
+            return int(conn.execute(sql, params).rowcount)
 
     def _failed(self, exc: Exception) -> None:
         """The request path must not fail because the log cannot be written; warn once per problem."""
