@@ -18,6 +18,7 @@ from sse_starlette import EventSourceResponse
 
 from slm_router.agents.base import FallbackOutput
 from slm_router.agents.fallback.agent import CallOptions, Sampling
+from slm_router.policies.schema import PricingConfig
 from slm_router.router.core.conversations import Turn
 from slm_router.router.errors import FallbackError
 from slm_router.router.result import RouteRequest, RouteResult, validation_problems
@@ -180,7 +181,7 @@ async def chat_completions(
         model=body.model,
         text=conversation.text,
         max_tokens=sampling.get("max_tokens") or dispatcher.router.policy.fallback.max_tokens,
-        chars_per_token=dispatcher.router.policy.pricing.chars_per_token,
+        pricing=dispatcher.router.policy.pricing,
     )
     if isinstance(first, RouteResult):
         await turn.aclose()
@@ -309,7 +310,7 @@ class _Reply:
     model: str
     text: str  # the routed message: a specialist's input, for the estimate
     max_tokens: int  # the fallback's limit for this call: reaching it is finish_reason "length"
-    chars_per_token: float
+    pricing: PricingConfig  # its chars-per-token rule, the one cost estimates use
 
     def usage(self, result: RouteResult) -> Usage:
         """The fallback's own counts when it answered and reported them; else estimated from characters."""
@@ -320,9 +321,8 @@ class _Reply:
             chars_in, chars_out = details.input_chars, details.output_chars
         else:
             chars_in, chars_out = len(self.text), len(result.output)
-        return _usage(
-            math.ceil(chars_in / self.chars_per_token), math.ceil(chars_out / self.chars_per_token), True
-        )
+        tokens = self.pricing.tokens
+        return _usage(math.ceil(tokens(chars_in)), math.ceil(tokens(chars_out)), estimated=True)
 
     def finish_reason(self, result: RouteResult, usage: Usage) -> Literal["stop", "length"]:
         fallback = result.action == "fallback" and not usage.estimated
