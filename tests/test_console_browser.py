@@ -187,6 +187,13 @@ def test_without_a_session_the_console_answers_401_and_a_browser_goes_to_login(c
         assert client.get("/console").status_code == 401  # a wrong key made no session
 
 
+def test_an_operator_reads_messages_escaped(console_url: str) -> None:
+    with httpx.Client(base_url=console_url, timeout=60) as client:
+        sign_in(client, OPERATOR_KEY)
+        review = client.get("/console/review", headers=HTML)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in review.text and "<script>alert" not in review.text
+
+
 def test_a_viewer_reads_but_cannot_label(console_url: str) -> None:
     with httpx.Client(base_url=console_url, timeout=60) as client:
         csrf = sign_in(client, VIEWER_KEY)
@@ -194,7 +201,8 @@ def test_a_viewer_reads_but_cannot_label(console_url: str) -> None:
         assert overview.status_code == 200 and 'id="role">viewer<' in overview.text
         review = client.get("/console/review", headers=HTML)
         assert "<fieldset disabled>" in review.text  # the forms are there, switched off
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in review.text and "<script>alert" not in review.text
+        # Any API key is a viewer, and the queue holds every caller's messages: a viewer reads none.
+        assert "alert(1)" not in review.text and "shown to operators only" in review.text
         decision = first_decision(review.text)
         refused = client.post(
             "/console/review/label", data={"csrf": csrf, "decision_id": decision, "route": "sentiment"}

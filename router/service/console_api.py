@@ -137,8 +137,13 @@ class Console:
 
     @property
     def show_text(self) -> bool:
-        """Message text and answers are shown only when the serving policy allows logging them."""
+        """Message text and answers are logged (and so can be shown) only with `privacy.log_text`."""
         return self.router.policy.privacy.log_text
+
+    def shows_text(self, role: str | None) -> bool:
+        """Whether this caller may see message text and answers: logged, and an operator. Any API key is a
+        viewer, and the queue holds every tenant's decisions: one caller must not read another's messages."""
+        return self.show_text and role == "operator"
 
     def decision_log(self) -> DecisionLog:
         found = self.router.decision_log
@@ -161,11 +166,13 @@ class Console:
         since, until = _span(window, until)
         return overview.quality(self.decision_log(), since, until, overview.bucket_for(until - since, 24))
 
-    def review(self, limit: int = 50) -> list[QueueItem]:
+    def review(self, limit: int = 50, role: str | None = None) -> list[QueueItem]:
+        """The review queue; text and answers only for an operator (`shows_text`)."""
         found = self.decision_log()
         if not found.path.is_file():
             return []  # nothing routed yet
-        return _read(lambda: review.queue(found, limit=limit, show_text=self.show_text))
+        show_text = self.shows_text(role)
+        return _read(lambda: review.queue(found, limit=limit, show_text=show_text))
 
     def label(self, label: Label, labelled_by: str) -> None:
         """Store an operator's label; `labelled_by` is a key id (`Caller.key_id`), never a key."""

@@ -410,7 +410,7 @@ def review_page(request: Request, limit: int = 50, saved: str = "", error: str =
     console = _console(request)
     items: list[review.QueueItem] = []
     try:
-        items = console.review(limit=max(1, min(limit, 500)))
+        items = console.review(limit=max(1, min(limit, 500)), role=session.role)
     except ConsoleError as exc:
         error = error or str(exc)
     return _page(
@@ -419,7 +419,8 @@ def review_page(request: Request, limit: int = 50, saved: str = "", error: str =
         session,
         title="Review",
         items=items,
-        show_text=console.show_text,
+        show_text=console.shows_text(session.role),
+        text_logged=console.show_text,
         routes=console.router.routes,
         out_of_scope=OUT_OF_SCOPE,
         notice=f"Label saved for decision {saved}." if saved else "",

@@ -21,7 +21,7 @@ from slm_router.router.service.console_api import (
     Window,
     WrittenPolicy,
 )
-from slm_router.router.service.dependencies import ConsoleDep, KeyId, require_operator
+from slm_router.router.service.dependencies import ConsoleDep, KeyId, Role, require_operator
 from slm_router.router.service.errors import ErrorResponse
 
 endpoints = APIRouter(prefix="/v1/console", tags=["console"])
@@ -81,11 +81,11 @@ async def quality(console: ConsoleDep, window: Window = "24h") -> Quality:
 
 @endpoints.get("/review", response_model=list[QueueItem], responses=_errors(401, 404, 422, 503))
 async def review_queue(
-    console: ConsoleDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    console: ConsoleDep, role: Role, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[QueueItem]:
     """Escalated, low-margin and shadow-disagreeing decisions, unlabelled first, newest first; text and
-    answers only with `privacy.log_text`."""
-    return await asyncio.to_thread(console.review, limit)
+    answers only with `privacy.log_text`, and only to operator keys (the queue holds every tenant's)."""
+    return await asyncio.to_thread(console.review, limit, role)
 
 
 @endpoints.post(
