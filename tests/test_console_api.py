@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from slm_router.policies import DEFAULT_POLICY, Policy, load_policy
-from slm_router.router.ops.decision_log import default_log_path
+from slm_router.router.ops.decision_log import DecisionLog, default_log_path
 from slm_router.router.ops.jobs import JobBusyError, JobRegistry, UnknownJobError
 from slm_router.router.runnable import Router
 from slm_router.router.service.app import create_app
@@ -341,3 +341,22 @@ def test_a_packaged_preset_is_never_written_over(router: Router) -> None:
     with pytest.raises(ConsoleError, match="policy name") as outside:
         console.write_policy(job.id, "/etc/passwd.yaml")
     assert outside.value.status == 422
+
+
+def test_a_broken_decision_log_answers_503_on_every_read(router: Router, tmp_path: Path) -> None:
+    """A log that is not a database (a disk filled mid-write, a wrong path) is the service's dependency
+    failing, not a bug: every read says so with 503, never a 500."""
+    broken = tmp_path / "decisions.db"
+    broken.write_bytes(b"this is not an SQLite database" * 100)
+    served = SimpleNamespace(decision_log=DecisionLog(broken), policy=router.policy, routes=router.routes)
+    console = Console(cast(Any, SimpleNamespace(router=served)), KeyRing(None))
+    reads = {
+        "stats": lambda: console.stats("1h"),
+        "quality": lambda: console.quality("24h"),
+        "review": lambda: console.review(role="operator"),
+        "whatif": lambda: console.whatif(None, [0.3, 0.5]),
+    }
+    for name, read in reads.items():
+        with pytest.raises(ConsoleError, match=r"decision log .*not a database") as failed:
+            read()
+        assert (failed.value.status, failed.value.kind) == (503, "decision_log_unavailable"), name

@@ -158,13 +158,14 @@ class Console:
     def stats(self, window: Window = "1h", until: float | None = None) -> overview.Overview:
         since, until = _span(window, until)
         budget = self.router.policy.escalation.budget
-        return overview.stats(
-            self.decision_log(), since, until, overview.bucket_for(until - since), budget=budget
-        )
+        found = self.decision_log()
+        bucket_s = overview.bucket_for(until - since)
+        return _read(lambda: overview.stats(found, since, until, bucket_s, budget=budget))
 
     def quality(self, window: Window = "24h", until: float | None = None) -> overview.Quality:
         since, until = _span(window, until)
-        return overview.quality(self.decision_log(), since, until, overview.bucket_for(until - since, 24))
+        found = self.decision_log()
+        return _read(lambda: overview.quality(found, since, until, overview.bucket_for(until - since, 24)))
 
     def review(self, limit: int = 50, role: str | None = None) -> list[QueueItem]:
         """The review queue; text and answers only for an operator (`shows_text`)."""
