@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from slm_router.policies import Policy
 from slm_router.router.cli import app
 from slm_router.router.ops import overview, review, whatif
-from slm_router.router.ops.decision_log import SCHEMA, DecisionLog
+from slm_router.router.ops.decision_log import SCHEMA, DecisionLog, DecisionLogError
 from slm_router.router.ops.learning import LearnError, learn_from_labels
 from slm_router.router.ops.review import Label, ReviewError
 from slm_router.router.ops.shadow import ShadowRecord
@@ -149,8 +150,38 @@ def test_writing_prunes_by_the_policys_retention(tmp_path: Path, routed: tuple[R
     source.close()
     log = DecisionLog(source.path, retention_s=86400, max_rows=None)
     result = routed[1].invoke(CONFIDENT[0])
-    log.record(result, CONFIDENT[0], log_text=False)
-    assert len(log.tail(100)) == 1  # the first write prunes; later ones only every PRUNE_EVERY_*
+    assert log.record(result, CONFIDENT[0], log_text=False) is not None
+    log.settle(30)  # the first write starts a retention pass; later ones only every PRUNE_EVERY_*
+    assert len(log.tail(100)) == 1
+
+
+def test_retention_runs_beside_the_request_and_its_failure_loses_no_decision(
+    tmp_path: Path,
+    routed: tuple[Router, Router],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`record` returns while the retention pass is still running (held on an event here), and a pass
+    that fails is logged; the decision it followed keeps its id (shadow mode links by it)."""
+    log = DecisionLog(tmp_path / "decisions.db", retention_s=86400, max_rows=None)
+    release, entered = threading.Event(), threading.Event()
+
+    def held(retention_s: float | None, max_rows: int | None) -> int:
+        entered.set()
+        assert release.wait(30)
+        raise DecisionLogError("cannot prune: disk I/O error", log.path)
+
+    monkeypatch.setattr(log, "prune", held)
+    result = routed[1].invoke(CONFIDENT[0])
+    first = log.record(result, CONFIDENT[0], log_text=False)
+    assert first is not None and entered.wait(30)
+    second = log.record(result, CONFIDENT[0], log_text=False)  # the pass is still held: no second one
+    assert second == first + 1
+    release.set()
+    log.settle(30)
+    assert "retention pass failed" in caplog.text
+    assert [row["id"] for row in log.tail(10)] == [second, first]
+    log.close()
 
 
 def test_cli_prune(routed: tuple[Router, Router], tmp_path: Path) -> None:

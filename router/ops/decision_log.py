@@ -195,7 +195,8 @@ def _row(values: sqlite3.Row) -> dict[str, Any]:
 
 class DecisionLog:
     """One SQLite file (WAL mode), created on the first `record`; safe to share between threads.
-    With `retention_s`/`max_rows`, writing prunes old rows now and then (`PRUNE_EVERY_*`)."""
+    With `retention_s`/`max_rows`, writing prunes old rows now and then (`PRUNE_EVERY_*`), in a background
+    thread: a backlog takes a fraction of a second, which no request should wait for."""
 
     def __init__(self, path: Path, retention_s: float | None = None, max_rows: int | None = None) -> None:
         self.path = Path(path)
@@ -206,6 +207,7 @@ class DecisionLog:
         self._last_error: str | None = None
         self._writes_since_prune = 0
         self._last_prune = 0.0
+        self._pruner: threading.Thread | None = None
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         if self._conn is not None:
@@ -296,12 +298,30 @@ class DecisionLog:
             if prune:
                 self._writes_since_prune += 1
                 if self._prune_due():
-                    self._prune(conn, self.retention_s, self.max_rows)
+                    self._pruner = threading.Thread(
+                        target=self._prune_now, name="decision-log-prune", daemon=True
+                    )
+                    self._pruner.start()
         self._last_error = None
         return row_id
 
+    def _prune_now(self) -> None:
+        """The retention pass `record` starts; a failure is logged like a failed write (never raised)."""
+        try:
+            self.prune(self.retention_s, self.max_rows)
+        except Exception as exc:
+            log.warning("decision log %s: the retention pass failed (%s); the next one retries", self.path, exc)
+
+    def settle(self, timeout_s: float | None = None) -> None:
+        """Wait for a running retention pass (tests, `close`)."""
+        pruner = self._pruner
+        if pruner is not None:
+            pruner.join(timeout_s)
+
     def _prune_due(self) -> bool:
         if self.retention_s is None and self.max_rows is None:
+            return False
+        if self._pruner is not None and self._pruner.is_alive():
             return False
         return (
             self._last_prune == 0.0
@@ -452,6 +472,7 @@ class DecisionLog:
         return len(rows)
 
     def close(self) -> None:
+        self.settle()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
