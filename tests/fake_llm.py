@@ -9,6 +9,7 @@ usage) in the mode the test sets through the Python handle:
 - `slow`: sleeps `delay_s`, then answers;
 - `hung`: answers only once released (`release()`, `reset()`, `set_mode(...)`, `stop()`);
 - `error`: answers HTTP `status` (500 unless told) at once;
+- `cut`: like `ok`, but a stream breaks off after half its chunks (the connection drops mid-answer);
 - `down`: the server is stopped, so connections are refused (`stop()`; `start()` brings it back).
 """
 
@@ -25,7 +26,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-Mode = Literal["ok", "recording", "slow", "hung", "error", "down"]
+Mode = Literal["ok", "recording", "slow", "hung", "error", "cut", "down"]
 
 
 def _free_port() -> int:
@@ -181,7 +182,8 @@ class FakeLLM:
             }
             if body.get("stream"):
                 return StreamingResponse(
-                    self._chunks(body, number, content, usage), media_type="text/event-stream"
+                    self._chunks(body, number, content, usage, cut=mode == "cut"),
+                    media_type="text/event-stream",
                 )
             return {
                 "id": f"chatcmpl-fake-{number}",
@@ -200,7 +202,9 @@ class FakeLLM:
 
         return app
 
-    def _chunks(self, body: dict[str, Any], number: int, content: str, usage: dict[str, int]) -> Any:
+    def _chunks(
+        self, body: dict[str, Any], number: int, content: str, usage: dict[str, int], cut: bool = False
+    ) -> Any:
         def event(choices: list[dict[str, Any]], **extra: Any) -> str:
             chunk = {
                 "id": f"chatcmpl-fake-{number}",
@@ -214,7 +218,10 @@ class FakeLLM:
 
         async def events() -> Any:
             yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            for start in range(0, len(content), self.chunk_chars):
+            starts = range(0, len(content), self.chunk_chars)
+            for start in starts:
+                if cut and start >= len(starts) // 2 * self.chunk_chars:
+                    raise ConnectionAbortedError("fake LLM: the stream breaks off here")
                 piece = content[start : start + self.chunk_chars]
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
                 await asyncio.sleep(0)

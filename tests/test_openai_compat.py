@@ -266,6 +266,23 @@ def test_a_failing_fallback_is_an_error_before_the_stream_starts(fake_url: str, 
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "fallback_unavailable"
 
 
+def test_a_fallback_that_breaks_off_mid_stream_ends_with_an_error_event(
+    fake_url: str, fake_llm: FakeLLM
+) -> None:
+    """Once chunks are sent the status is 200 and cannot change: the break arrives as an `error` event,
+    which the official client raises, after the part of the answer that did arrive."""
+    fake_llm.set_mode("cut")
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="fallback") as caught:
+        for chunk in client(fake_url).chat.completions.create(
+            model="slm-router/other", messages=[{"role": "user", "content": GENERAL}], stream=True
+        ):
+            received.extend(choice.delta.content or "" for choice in chunk.choices)
+    assert "".join(received) and f"fake answer: {GENERAL}".startswith("".join(received))
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "fallback_unavailable"
+    assert "Traceback" not in str(caught.value.body)
+
+
 def test_a_rejected_request_is_an_error_not_an_empty_answer(default_policy: Policy, router: Router) -> None:
     with _serve(policy_with(default_policy, **{"fallback.enabled": False}), router) as url:
         for stream in (False, True):
