@@ -184,6 +184,11 @@ class AgentError(RuntimeError):
         self.agent = agent
 
 
+class AgentTimeout(AgentError):
+    """A pool stopped waiting for an agent. The call itself may still be running (a thread or a Ray replica
+    cannot be interrupted), so a model that was loading is loaded afterwards: start-up warm-up retries."""
+
+
 class AgentOverloaded(AgentError):
     """An agent pool refused work because it is full (its queue bound is reached): retry later.
 

@@ -203,6 +203,13 @@ class LimitsPolicy(_Strict):
     agent_timeout_s: float = Field(
         default=10.0, gt=0, description="Most seconds one specialist call may take (then it escalates)."
     )
+    warmup_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Most seconds start-up waits for one agent's first answer. The first call loads its "
+        "models, which on a busy node (a Ray replica on 2 cores) can outlast agent_timeout_s; such a call "
+        "is retried until this.",
+    )
     request_timeout_s: float = Field(
         default=30.0,
         gt=0,

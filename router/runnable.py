@@ -16,7 +16,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slm_router.agents.base import AgentError, AgentInput
+from slm_router.agents.base import AgentError, AgentInput, AgentTimeout
 from slm_router.agents.fallback.agent import CALL_OPTIONS, CallOptions
 from slm_router.agents.hosting.local import AgentPool
 from slm_router.agents.langid import detect_language
@@ -188,13 +188,30 @@ class Router(Runnable[RouterInput, RouteResult]):
         self.embedder.load()
         detect_language("warm up the language detector")
         for name in self.pool.names():
-            # Portuguese, so the translator loads its models too (English alone would need no model).
-            self.pool.run(name, [AgentInput(text="Olá, onde está o meu pedido 12345?", language="pt")])
+            self._warm(name)
         if self.fallback is not None:
             try:
                 self.fallback.answer("Say OK.")
             except AgentError as exc:  # the service starts anyway: /readyz and the breaker report it
                 log.warning("fallback not answering at start-up: %s", exc)
+
+    def _warm(self, name: str) -> None:
+        """One agent's first call, retried while it times out: the model load it started goes on (see
+        `AgentTimeout`), so a later try finds it loaded, up to `limits.warmup_timeout_s`."""
+        # Portuguese, so the translator loads its models too (English alone would need no model).
+        probe = [AgentInput(text="Olá, onde está o meu pedido 12345?", language="pt")]
+        deadline = time.monotonic() + self.policy.limits.warmup_timeout_s
+        while True:
+            try:
+                self.pool.run(name, probe, timeout_s=max(deadline - time.monotonic(), 0.0))
+                return
+            except AgentTimeout as exc:
+                if time.monotonic() >= deadline:
+                    raise AgentTimeout(
+                        name,
+                        f"not warm after limits.warmup_timeout_s={self.policy.limits.warmup_timeout_s:g} s",
+                    ) from exc
+                log.info("agent %s is still loading (%s); trying again", name, exc)
 
     def fallback_status(self) -> dict[str, Any] | None:
         """The fallback's circuit breaker and bulkhead, for /readyz and /metrics; None without a fallback."""

@@ -6,7 +6,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Protocol
 
-from slm_router.agents.base import Agent, AgentError, AgentInput, AgentResult
+from slm_router.agents.base import Agent, AgentError, AgentInput, AgentResult, AgentTimeout
 from slm_router.agents.hosting.batching import MicroBatcher, run_isolated
 
 
@@ -94,7 +94,7 @@ class LocalPool:
             return future.result(timeout=limit)
         except FutureTimeout:
             future.cancel()  # if still queued, the batcher skips it
-            raise AgentError(name, f"timed out after {limit:g} s") from None
+            raise AgentTimeout(name, f"timed out after {limit:g} s") from None
         except AgentError:
             raise
         except Exception as exc:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from slm_router.agents.base import Agent, AgentError, AgentInput, AgentOverloaded, AgentResult
+from slm_router.agents.base import Agent, AgentError, AgentInput, AgentOverloaded, AgentResult, AgentTimeout
 from slm_router.agents.hosting.local import failure_message, predict_groups
 from slm_router.extras import MissingExtraError
 
@@ -316,7 +316,7 @@ class RayPool:
             try:
                 outcome = response.result(timeout_s=max(deadline - time.monotonic(), 0.0))
             except TimeoutError:
-                raise AgentError(name, f"timed out after {limit:g} s") from None
+                raise AgentTimeout(name, f"timed out after {limit:g} s") from None
             except Exception as exc:  # replica died, app deleted, queue full...
                 raise _agent_error(name, exc) from exc
             if isinstance(outcome, _Failure):
