@@ -11,9 +11,13 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
+from slm_router.agents.fallback import CALL_OPTIONS, CallOptions
+from slm_router.policies import Policy
 from slm_router.router.errors import InvalidInputError
 from slm_router.router.result import RouteResult
 from slm_router.router.runnable import Router
+from tests.conftest import policy_with
+from tests.fake_llm import FakeLLM
 
 NODES = {"guard", "classify", "decide", "specialist", "check", "respond"}
 
@@ -129,3 +133,26 @@ def test_a_chain_of_runnables_passes_the_router_its_input(router: Router) -> Non
         "sentiment",
         "extract",
     ]
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_per_call_fallback_options_ride_in_the_config(
+    mode: str, default_policy: Policy, router: Router, fake_llm: FakeLLM
+) -> None:
+    """`configurable.fallback_options` sets the fallback's sampling and instructions for one call, on the
+    sync path as on the async one (the OpenAI endpoint uses the same key)."""
+    fallback = {"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10}
+    library = Router(policy_with(default_policy, fallback=fallback), embedder=router.embedder)
+    options = CallOptions(sampling={"max_tokens": 7, "temperature": 0.1}, instructions="Answer in French.")
+    config: RunnableConfig = {"configurable": {CALL_OPTIONS: options}}
+    try:
+        call = library.invoke if mode == "invoke" else lambda t, c: asyncio.run(library.ainvoke(t, c))
+        result = call("Which wine goes with grilled sardines at a summer party?", config)
+        assert result.answered_by == "fallback"
+        sent = fake_llm.requests[-1]
+        assert sent.get("max_completion_tokens", sent.get("max_tokens")) == 7 and sent["temperature"] == 0.1
+        assert "Answer in French." in sent["messages"][0]["content"]
+        library.invoke("Which wine goes with grilled sardines at a summer party?")
+        assert fake_llm.requests[-1]["temperature"] != 0.1  # one call only
+    finally:
+        library.close()

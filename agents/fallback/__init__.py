@@ -7,7 +7,13 @@ backoff; and a circuit breaker stops calling a provider that keeps failing. When
 it says so with `FallbackUnavailable`, at once where it can, with a cause and, where known, when to retry.
 """
 
-from slm_router.agents.fallback.agent import FallbackAgent, FallbackStatus
+from slm_router.agents.fallback.agent import (
+    CALL_OPTIONS,
+    CallOptions,
+    FallbackAgent,
+    FallbackStatus,
+    Sampling,
+)
 from slm_router.agents.fallback.chat_models import (
     ChatModelConfig,
     LlamaCppChatModel,
@@ -19,12 +25,15 @@ from slm_router.agents.fallback.settings import FallbackSettings
 from slm_router.agents.fallback.unavailable import FallbackUnavailable
 
 __all__ = [
+    "CALL_OPTIONS",
+    "CallOptions",
     "ChatModelConfig",
     "FallbackAgent",
     "FallbackSettings",
     "FallbackStatus",
     "FallbackUnavailable",
     "LlamaCppChatModel",
+    "Sampling",
     "build_chat_model",
     "model_label",
     "packaged_gguf_path",

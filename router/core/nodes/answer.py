@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_config
 
 from slm_router.agents.base import AgentError, AgentInput, AgentOverloaded, AgentResult
 from slm_router.agents.fallback.agent import CALL_OPTIONS, CallOptions
@@ -73,13 +74,15 @@ def check(state: RouterState, c: Components) -> tuple[RouterState, Info]:
 
 
 def fallback(state: RouterState, c: Components) -> tuple[RouterState, Info]:
+    """The fallback node on the sync path; the caller's `CallOptions` come from the run's config, which
+    LangGraph keeps in context for sync nodes (`get_config`)."""
     assert c.fallback is not None
     evidence, verdict, info = _ask_budget(state, c)
     if verdict.action != "fallback":
         return _locally(state, c, evidence, verdict, info)
     try:
         with telemetry.agent_span("fallback"):
-            answer = c.fallback.answer(*_fallback_call(state, c))
+            answer = c.fallback.answer(*_fallback_call(state, c), options=_call_options(_run_config()))
     except AgentError as exc:
         return _fallback_failed(state, c, exc)
     return {"answer": answer}, {"model": c.fallback.label}
@@ -97,9 +100,7 @@ async def afallback(state: RouterState, c: Components, config: RunnableConfig) -
     `configurable.fallback_options` (`CallOptions`, the OpenAI endpoint's) carries the caller's sampling
     settings and instructions, and where to stream the answer's text; flow steps never stream."""
     assert c.fallback is not None
-    configurable = config.get("configurable") or {}
-    release = configurable.get("release_admission")
-    options = configurable.get(CALL_OPTIONS)
+    release = (config.get("configurable") or {}).get("release_admission")
     if callable(release):
         release()
     evidence, verdict, info = _ask_budget(state, c)
@@ -107,12 +108,22 @@ async def afallback(state: RouterState, c: Components, config: RunnableConfig) -
         return await asyncio.to_thread(_locally, state, c, evidence, verdict, info)
     try:
         with telemetry.agent_span("fallback"):
-            answer = await c.fallback.aanswer(
-                *_fallback_call(state, c), options=options if isinstance(options, CallOptions) else None
-            )
+            answer = await c.fallback.aanswer(*_fallback_call(state, c), options=_call_options(config))
     except AgentError as exc:
         return await asyncio.to_thread(_fallback_failed, state, c, exc)
     return {"answer": answer}, {"model": c.fallback.label}
+
+
+def _run_config() -> RunnableConfig:
+    try:
+        return get_config()
+    except RuntimeError:  # called outside a graph run: the batch lane steps nodes itself
+        return {}
+
+
+def _call_options(config: RunnableConfig) -> CallOptions | None:
+    options = (config.get("configurable") or {}).get(CALL_OPTIONS)
+    return options if isinstance(options, CallOptions) else None
 
 
 def _ask_budget(state: RouterState, c: Components) -> tuple[Evidence, Verdict, Info]:
