@@ -213,6 +213,12 @@ class Router(Runnable[RouterInput, RouteResult]):
                     ) from exc
                 log.info("agent %s is still loading (%s); trying again", name, exc)
 
+    def budget_retry_after_s(self) -> float | None:
+        """When the escalation budget may have room again (a 429's `Retry-After`); None without a budget,
+        or when it has room now."""
+        budget = self.parts.components.budget
+        return None if budget is None else budget.retry_after_s()
+
     def fallback_status(self) -> dict[str, Any] | None:
         """The fallback's circuit breaker and bulkhead, for /readyz and /metrics; None without a fallback."""
         return None if self.fallback is None else self.fallback.status().model_dump()

@@ -43,8 +43,15 @@ def test_share_cap_applies_after_min_requests_and_forgets_old_requests() -> None
     budget.record(escalated=False)
     allowed, why = budget.allows()
     assert not allowed and "75.0% of the last 4 requests" in why and "max_share" in why
+    assert budget.retry_after_s() == 60  # when the oldest escalation leaves the window
     clock.now += 61  # the window slides past them
     assert budget.allows()[0] and budget.usage() == (0.0, 0.0, 0)
+    assert budget.retry_after_s() is None
+    never = EscalationBudget(BudgetConfig(max_share=0.0, min_requests=2, window_s=60), clock)
+    never.record(escalated=False)
+    clock.now += 10
+    never.record(escalated=False)  # refused with no escalation in the window: lifts when one request leaves
+    assert not never.allows()[0] and never.retry_after_s() == 50
 
 
 def test_cost_cap_counts_shadow_spend_over_an_hour() -> None:
@@ -56,8 +63,12 @@ def test_cost_cap_counts_shadow_spend_over_an_hour() -> None:
     budget.charge(0.5)
     allowed, why = budget.allows()
     assert not allowed and "max_cost_per_hour" in why
-    clock.now += 3600
-    assert budget.allows()[0]
+    wait = budget.retry_after_s()
+    assert wait == 3600 - 120  # the first 0.6 leaves the hour, and 0.5 is under the cap
+    clock.now += wait - 1
+    assert not budget.allows()[0]
+    clock.now += 1.1
+    assert budget.allows()[0] and budget.retry_after_s() is None
 
 
 def test_pricing_and_answer_cost() -> None:

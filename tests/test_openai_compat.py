@@ -13,7 +13,6 @@ import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from slm_router.agents.base import AgentError
 from slm_router.policies import Policy
 from slm_router.router.runnable import Router
 from slm_router.router.service.app import create_app
@@ -27,15 +26,8 @@ COMPLAINT = "I am really angry, my package arrived broken and nobody answers my 
 
 def _serve(policy: Policy, router: Router) -> Any:
     """The service on its own Router, sharing the session router's models (embedder and specialists),
-    loaded first: on a busy machine a first load can outlast the warm-up's per-call timeout, and it
-    goes on loading, so a second try finds it ready."""
-    for attempt in range(3):
-        try:
-            router.warmup()
-            break
-        except AgentError:
-            if attempt == 2:
-                raise
+    loaded first."""
+    router.warmup()
     service = Router(policy, pool=router.pool, embedder=router.embedder)
     return serving(create_app(service, policy.server, {KEY}))
 
@@ -294,3 +286,37 @@ def test_a_rejected_request_is_an_error_not_an_empty_answer(default_policy: Poli
             assert isinstance(body, dict) and body["code"] == "request_rejected"
             assert body["details"][0]["reason_code"] == "fallback_route"
             assert "fallback disabled" in body["message"]
+
+
+def test_a_spent_budget_is_a_429_saying_when_to_retry(
+    default_policy: Policy, router: Router, fake_llm: FakeLLM
+) -> None:
+    """Every escalation over budget (max_share 0) and `when_exceeded: reject`: a question only the fallback
+    could answer is a 429 `budget_exceeded`, with `Retry-After` when the window has room again."""
+    policy = policy_with(
+        default_policy,
+        fallback={"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10},
+        **{
+            "escalation.budget": {
+                "max_share": 0.0,
+                "min_requests": 1,
+                "window_s": 300,
+                "when_exceeded": "reject",
+            },
+            "decision_log.enabled": False,
+        },
+    )
+    with _serve(policy, router) as url:
+        assert (
+            client(url)
+            .chat.completions.create(model="slm-router", messages=[{"role": "user", "content": COMPLAINT}])
+            .choices[0]
+            .message.content
+        )
+        with pytest.raises(openai.RateLimitError) as caught:
+            client(url).chat.completions.create(
+                model="slm-router", messages=[{"role": "user", "content": GENERAL}]
+            )
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "budget_exceeded"
+    assert 1 <= int(caught.value.response.headers["Retry-After"]) <= 300
+    assert GENERAL not in str(fake_llm.requests)  # only the start-up check reached the fallback

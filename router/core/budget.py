@@ -82,6 +82,35 @@ class EscalationBudget:
             )
         return True, ""
 
+    def retry_after_s(self) -> float | None:
+        """Seconds until the caps that refuse now lift with no new traffic (a 429's `Retry-After`): the
+        oldest escalation leaves the window (the share falls), and enough spend leaves the hour (spend
+        falls under its cap). None when an escalation fits now."""
+        conf = self.config
+        with self._lock:
+            now = self._clock()
+            self._trim(now)
+            waits = [0.0]
+            n = len(self._requests)
+            if (
+                conf.max_share is not None
+                and n >= conf.min_requests
+                and self._escalated / n >= conf.max_share
+            ):
+                # It lifts when the share falls (the oldest escalation leaves the window) or when too few
+                # requests are left to judge a share (`min_requests`), whichever comes first.
+                leave = [self._requests[n - conf.min_requests][0]]
+                leave += [next((t for t, escalated in self._requests if escalated), leave[0])]
+                waits.append(min(leave) + conf.window_s - now)
+            if conf.max_cost_per_hour is not None and self._spent >= conf.max_cost_per_hour:
+                left = self._spent
+                for t, cost in self._spend:
+                    left -= cost
+                    if left < conf.max_cost_per_hour:
+                        waits.append(t + 3600.0 - now)
+                        break
+        return max(waits) if len(waits) > 1 else None
+
 
 def refusal(budget: EscalationBudget | None) -> str | None:
     """Why the escalation budget withholds the fallback now; None when it allows it (or there is none)."""

@@ -201,16 +201,17 @@ def rejection(dispatcher: Dispatcher, result: RouteResult) -> JSONResponse | Non
     Why not 200 with `finish_reason: "content_filter"`: nothing was filtered, and clients read such a
     choice as an answer (LangChain's `ChatOpenAI` returns it as an ordinary message), so an application
     would show an empty reply. An error status makes every OpenAI client raise: 429 `budget_exceeded` when
-    the budget refused it (the official clients retry a 429 with backoff, and the budget's window may have
-    room by then), else 400 `request_rejected` (not retried: the same request is rejected again). The
-    message gives the router's reason; `details` its `reason_code` and route.
+    the budget refused it, with `Retry-After` saying when its window has room (the official clients
+    honour it when they retry a 429), else 400 `request_rejected` (not retried: the same request is
+    rejected again). The message gives the router's reason; `details` its `reason_code` and route.
     """
     if result.action != "reject":
         return None
     details = [{"reason_code": result.reason_code, "route": result.route}]
     if result.budget_exceeded:
         message = f"the escalation budget is spent and no specialist may answer: {result.reason}"
-        return dispatcher.failed(429, "budget_exceeded", message, details=details)
+        wait = dispatcher.router.budget_retry_after_s()
+        return dispatcher.failed(429, "budget_exceeded", message, details=details, retry_after_s=wait)
     message = f"the policy rejects this request, no model may answer it: {result.reason}"
     return dispatcher.failed(400, "request_rejected", message, details=details)
 
