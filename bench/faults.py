@@ -32,7 +32,17 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import ROOT, FakeLLM, _port, percentile, start_server, stop_server, wait_ready, write_policy
+from load import (
+    ROOT,
+    FakeLLM,
+    _port,
+    client_limits,
+    percentile,
+    start_server,
+    stop_server,
+    wait_ready,
+    write_policy,
+)
 
 RESULTS = ROOT / "bench" / "results"
 SPECIALIST = [
@@ -58,7 +68,7 @@ async def phase(url: str, seconds: float, specialist_rps: float, escalation_rps:
         sink.append(time.perf_counter() - start)
         status[str(response.status_code)] += 1
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=500)) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=client_limits(500)) as http:
         tasks = []
         start = time.perf_counter()
         sent_spec = sent_esc = 0

@@ -127,6 +127,16 @@ class Outcomes:
         self.latency.setdefault(kind, []).append(seconds)
 
 
+def client_limits(max_connections: int, max_keepalive: int | None = None) -> httpx.Limits:
+    """httpx keeps an idle connection 5 s by default, exactly as long as `slm-router serve` does (uvicorn's
+    `timeout_keep_alive=5`): a request sent on a connection the server is closing at that moment fails
+    with RemoteProtocolError, a loss of the client's own making. Clients must let idle connections go
+    sooner than the server does."""
+    return httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_keepalive, keepalive_expiry=2.0
+    )
+
+
 async def one(client: httpx.AsyncClient, n: int, outcomes: Outcomes, timeout: float) -> None:
     start = time.perf_counter()
     body = {"text": MESSAGES[n % len(MESSAGES)], "metadata": {"request": n}}
@@ -152,7 +162,7 @@ async def capacity(url: str, seconds: float, concurrency: int) -> float:
     outcomes = Outcomes()
     stop = time.monotonic() + seconds
     counter = iter(range(10**9))
-    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(base_url=url, limits=client_limits(concurrency)) as client:
 
         async def worker() -> None:
             while time.monotonic() < stop:
@@ -168,8 +178,7 @@ async def overload(url: str, rate: float, seconds: float, timeout: float) -> tup
     """Open loop at `rate` req/s for `seconds`; returns the outcomes, how many were sent, and wall time."""
     outcomes = Outcomes()
     tasks: list[asyncio.Task[None]] = []
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, limits=client_limits(2000, 200)) as client:
         start = time.perf_counter()
         n = 0
         while (now := time.perf_counter() - start) < seconds:
