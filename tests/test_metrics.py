@@ -26,7 +26,9 @@ SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)")
 
 
 @pytest.fixture(scope="module")
-def scrape(default_policy: Policy, router: Router, _fake_llm_server: FakeLLM) -> Iterator[str]:
+def scrapes(
+    default_policy: Policy, router: Router, _fake_llm_server: FakeLLM
+) -> Iterator[dict[str, httpx.Response]]:
     """/metrics of a real app (local pool, fallback a fake OpenAI-compatible server) after one request of
     each kind: a specialist, a multi-intent flow, the fallback, a fallback outage, a 404."""
     _fake_llm_server.reset()
@@ -50,7 +52,26 @@ def scrape(default_policy: Policy, router: Router, _fake_llm_server: FakeLLM) ->
         assert outage.status_code == 503, outage.text
         _fake_llm_server.reset()
         assert client.get("/v1/nothing-here").status_code == 404
-        yield client.get("/metrics").text
+        openmetrics = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        yield {
+            "text": client.get("/metrics"),
+            "openmetrics": client.get("/metrics", headers={"Accept": openmetrics}),
+        }
+
+
+@pytest.fixture(scope="module")
+def scrape(scrapes: dict[str, httpx.Response]) -> str:
+    return scrapes["text"].text
+
+
+def test_the_exposition_format_is_negotiated(scrapes: dict[str, httpx.Response]) -> None:
+    """Prometheus asks for OpenMetrics first; curl and older scrapers get the classic text format."""
+    text, openmetrics = scrapes["text"], scrapes["openmetrics"]
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert openmetrics.text.endswith("# EOF\n") and not text.text.endswith("# EOF\n")
+    assert "# TYPE slm_router_requests counter" in openmetrics.text  # OpenMetrics names the family
+    assert "slm_router_requests_total{" in openmetrics.text
 
 
 def samples(text: str) -> list[tuple[str, str, float]]:
@@ -135,7 +156,7 @@ def test_route_label_and_currency_unit() -> None:
         "multi",
         "other",
     ]
-    assert "slm_router_cost_eur_total" in metrics.render().decode()
+    assert "slm_router_cost_eur_total" in metrics.render()[0].decode()
     assert currency_unit("USD") == "usd" and currency_unit("€") == "currency"
 
 

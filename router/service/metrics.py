@@ -23,9 +23,9 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from slm_router.router.result import RouteResult
@@ -210,5 +210,8 @@ class Metrics:
         for step in result.trace:
             self.node_duration.labels(step.node).observe(step.ms / 1000)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type: OpenMetrics when the scraper's `Accept` asks for it
+        (Prometheus does, by default), else the classic text format."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from slm_router.router.service.dependencies import Dispatch
@@ -38,8 +38,17 @@ async def readyz(dispatcher: Dispatch) -> JSONResponse:
 @endpoints.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            }
+        }
+    },
 )
-async def prometheus(dispatcher: Dispatch) -> Response:
-    """Prometheus text format: requests and escalations by route and reason, latency per node."""
-    return Response(dispatcher.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def prometheus(dispatcher: Dispatch, request: Request) -> Response:
+    """Requests and escalations by route and reason, latency per node, cost, process: OpenMetrics when the
+    scraper asks for it in `Accept`, else the Prometheus text format."""
+    body, content_type = dispatcher.metrics.render(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
