@@ -31,7 +31,9 @@ def _compose_command() -> list[str] | None:
 
 def test_compose_services_are_wired_by_environment() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    services = compose["services"]
+    services = {
+        name: s for name, s in compose["services"].items() if "monitoring" not in s.get("profiles", [])
+    }
     assert set(services) == {"ray-head", "ray-worker", "fallback", "router"}
     assert {s["image"] for s in services.values()} == {"slm-router:latest"}
     assert "--port=6379" in services["ray-head"]["command"]
@@ -41,6 +43,33 @@ def test_compose_services_are_wired_by_environment() -> None:
     assert "--port 8080" in services["fallback"]["command"][0]
     assert env["RAY_ADDRESS"] == "auto" and "--backend ray" in services["router"]["command"][0]
     assert "SLM_ROUTER_API_KEYS" in env
+
+
+def test_the_monitoring_profile_scrapes_the_router_and_provisions_the_dashboard() -> None:
+    """Prometheus scrapes the router's port and path, Grafana's data source is that Prometheus, and the
+    dashboard is mounted where its provider looks: every file a volume names exists."""
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    mounts = {
+        target.removesuffix(":ro"): DOCKER / source
+        for service in (prometheus, grafana)
+        for source, target in (volume.split(":", 1) for volume in service["volumes"])
+    }
+    assert all(path.exists() for path in mounts.values()), mounts
+    scrape = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())["scrape_configs"]
+    router_port = services["router"]["ports"][0].split(":")[-1]
+    assert scrape[0]["metrics_path"] == "/metrics"
+    assert scrape[0]["static_configs"][0]["targets"] == [f"router:{router_port}"]
+    provisioning = mounts["/etc/grafana/provisioning"]
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"][0]
+    prometheus_port = prometheus["ports"][0].split(":")[-1]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == f"http://prometheus:{prometheus_port}"
+    provider = yaml.safe_load((provisioning / "dashboards" / "slm-router.yaml").read_text())["providers"][0]
+    dashboard_target = next(t for t in mounts if t.endswith("slm-router.json"))
+    assert Path(dashboard_target).parent == Path(provider["options"]["path"])
+    assert mounts[dashboard_target] == DOCKER / "grafana" / "slm-router.json"
 
 
 def _stages() -> dict[str, list[str]]:
@@ -221,7 +250,7 @@ def test_router_deployment_joins_the_rayservice_and_probes_readyz() -> None:
 def test_docker_compose_config_validates() -> None:
     command = _compose_command() or []
     proc = subprocess.run(
-        [*command, "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],
+        [*command, "-f", str(DOCKER / "compose.yaml"), "--profile", "monitoring", "config", "--quiet"],
         capture_output=True,
         text=True,
         env={**os.environ, "SLM_ROUTER_API_KEYS": "k"},
