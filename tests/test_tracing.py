@@ -213,6 +213,27 @@ def test_a_span_per_node_and_agent_call_under_the_request(
     assert_no_text(finished, text)
 
 
+def test_the_batch_lane_has_the_same_node_spans(spans: InMemorySpanExporter, router: Router) -> None:
+    """`Router.batch` runs each stage for all requests at once, not through the graph: every request
+    still gets a span per node, with what it decided."""
+    texts = ["I love this blender, it works wonderfully", "This is the worst service I have ever had"]
+    with telemetry.request_span():
+        results = router.batch(texts)
+    assert [r.route for r in results] == ["sentiment", "sentiment"]
+    finished = spans.get_finished_spans()
+    named = by_name(finished)
+    for node in ("guard", "classify", "decide", "specialist", "check", "respond"):
+        assert len(named[f"slm_router.node.{node}"]) == 2, node
+    decided = [s.attributes or {} for s in named["slm_router.node.decide"]]
+    assert [d["slm_router.route"] for d in decided] == ["sentiment", "sentiment"]
+    assert all(
+        (s.attributes or {})["slm_router.answered_by"] == "sentiment"
+        for s in named["slm_router.node.respond"]
+    )
+    for text in texts:
+        assert_no_text(finished, text)
+
+
 def test_flow_steps_and_their_agents_have_spans(spans: InMemorySpanExporter, router: Router) -> None:
     with telemetry.request_span():
         result = router.invoke(TWO_THINGS)

@@ -78,11 +78,13 @@ class Lane:
     def step(
         self, node: str, run: Callable[..., tuple[RouterState, Info]], *args: Any, shared_ms: float = 0.0
     ) -> None:
-        """Run one node, time it into a `TraceStep` as the graph does (plus its share of the stage's
-        batched work), and merge its update; an exception fails this request only."""
+        """Run one node, time it into a `TraceStep` and a span as the graph does (plus its share of the
+        stage's batched work), and merge its update; an exception fails this request only."""
         start = time.perf_counter()
         try:
-            update, info = run(*args)
+            with telemetry.node_span(node) as span:
+                update, info = run(*args)
+                telemetry.describe(span, update)
         except Exception as exc:
             self.error = exc
             return
@@ -269,7 +271,10 @@ def _finish(lanes: list[Lane], c: Components, alone: dict[int, Outcome]) -> list
             continue
         if lane.error is None:
             try:
-                lane.merge(respond(lane.state, c))
+                with telemetry.node_span("respond") as span:
+                    update = respond(lane.state, c)
+                    telemetry.describe(span, update)
+                lane.merge(update)
             except Exception as exc:
                 lane.error = exc
         if lane.error is not None:
