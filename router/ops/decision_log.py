@@ -310,7 +310,9 @@ class DecisionLog:
         try:
             self.prune(self.retention_s, self.max_rows)
         except Exception as exc:
-            log.warning("decision log %s: the retention pass failed (%s); the next one retries", self.path, exc)
+            log.warning(
+                "decision log %s: the retention pass failed (%s); the next one retries", self.path, exc
+            )
 
     def settle(self, timeout_s: float | None = None) -> None:
         """Wait for a running retention pass (tests, `close`)."""
