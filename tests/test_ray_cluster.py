@@ -146,9 +146,8 @@ def _service(head: Head, log: Path) -> Iterator[httpx.Client]:
     """`slm-router serve --backend ray` joined to the head by RAY_ADDRESS, until /readyz says ready."""
     port = free_port()
     env = head.env | {"RAY_ADDRESS": head.address, "SLM_ROUTER_API_KEYS": KEY, "HF_HUB_OFFLINE": "1"}
-    # Start-up warms every replica within the agent timeout; a replica's first call loads its models,
-    # which takes longer than the default 10 s on two busy cores.
-    env["SLM_ROUTER__LIMITS__AGENT_TIMEOUT_S"] = "120"
+    # A replica's first call loads its models, longer than the 10 s agent timeout on two busy cores: start-up
+    # retries it within limits.warmup_timeout_s (default 120 s), with no override here.
     command = [
         str(BIN / "slm-router"),
         "serve",
