@@ -57,6 +57,7 @@ class FakeLLM:
         self.reply: str | None = None  # a fixed answer instead of the echo
         self.chunk_chars = 3  # characters per streamed chunk
         self._requests: list[dict[str, Any]] = []
+        self._headers: list[dict[str, str]] = []  # each request's HTTP headers, beside `_requests`
         self._lock = threading.Lock()
         self._generation = 0  # bumped to release every waiting request
         self._server: uvicorn.Server | None = None
@@ -70,6 +71,12 @@ class FakeLLM:
         """The bodies received so far, oldest first (a copy)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def request_headers(self) -> list[dict[str, str]]:
+        """The HTTP headers of each request in `requests`, lower-cased names (a copy)."""
+        with self._lock:
+            return list(self._headers)
 
     @property
     def running(self) -> bool:
@@ -101,6 +108,7 @@ class FakeLLM:
         self.set_mode("ok")
         with self._lock:
             self._requests.clear()
+            self._headers.clear()
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The recorded bodies once there are at least `count` (raises after `timeout`)."""
@@ -163,6 +171,7 @@ class FakeLLM:
             body = await request.json()
             with self._lock:
                 self._requests.append(body)
+                self._headers.append(dict(request.headers))
                 mode, delay, status, reply = self.mode, self.delay_s, self.status, self.reply
                 generation, number = self._generation, len(self._requests)
             if mode == "error":

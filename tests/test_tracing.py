@@ -4,6 +4,7 @@ and importing nothing of OpenTelemetry, unless the standard OTEL_* variables ask
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.fake_llm import FakeLLM
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 ROUTES = {"translate", "sentiment", "extract", "other"}
+GENERAL = "What is the best way to grow tomatoes on a balcony?"  # the fallback answers it
 TWO_THINGS = (
     "Translate this and tell me how angry the customer is: O produto chegou quebrado e estou furioso!"
 )
@@ -232,6 +234,30 @@ def test_the_batch_lane_has_the_same_node_spans(spans: InMemorySpanExporter, rou
     )
     for text in texts:
         assert_no_text(finished, text)
+
+
+def test_a_remote_fallback_gets_the_trace_context(
+    spans: InMemorySpanExporter, default_policy: Policy, router: Router, fake_llm: FakeLLM
+) -> None:
+    """An OpenAI-compatible fallback's request carries `traceparent` naming the fallback agent's span, so
+    the provider's own spans (a vLLM or LiteLLM server's) join the request's trace."""
+    fallback = {"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10}
+    library = Router(
+        policy_with(default_policy, fallback=fallback), embedder=router.embedder, pool=router.pool
+    )
+    try:
+        for call in (library.invoke, lambda text: asyncio.run(library.ainvoke(text))):
+            spans.clear()
+            assert call(GENERAL).answered_by == "fallback"
+            (agent,) = by_name(spans.get_finished_spans())["slm_router.agent.fallback"]
+            traceparent = fake_llm.request_headers[-1]["traceparent"]
+            _, trace_id, parent_id, _ = traceparent.split("-")
+            assert int(trace_id, 16) == agent.context.trace_id and int(parent_id, 16) == agent.context.span_id
+        telemetry.configure(None)
+        library.invoke(GENERAL)
+        assert "traceparent" not in fake_llm.request_headers[-1]  # off: nothing is added
+    finally:
+        library.close()
 
 
 def test_flow_steps_and_their_agents_have_spans(spans: InMemorySpanExporter, router: Router) -> None:

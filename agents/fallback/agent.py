@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
@@ -67,12 +67,15 @@ class CallOptions:
 
     `instructions`: the caller's own system text (a chat client's system messages), sent after the
     policy's system prompt and redacted like the rest. `on_text`: stream the answer, handing each piece of
-    its text (PII restored) to this function on the caller's event loop as it is generated.
+    its text (PII restored) to this function on the caller's event loop as it is generated. `headers`: HTTP
+    headers for the provider's request (the router sets the request's W3C trace context), sent by chat
+    models that take per-call headers (OpenAI-compatible ones); others have no request to put them on.
     """
 
     sampling: Sampling = field(default_factory=lambda: Sampling())
     instructions: str | None = None
     on_text: Callable[[str], None] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 CALL_OPTIONS = "fallback_options"
@@ -223,8 +226,12 @@ class FallbackAgent:
         self._bulkhead.check()
 
     def _bound(self, options: CallOptions) -> Runnable[LanguageModelInput, BaseMessage]:
-        """The chat model with this call's sampling settings bound (for this call only)."""
-        return self.chat_model.bind(**options.sampling) if options.sampling else self.chat_model
+        """The chat model with this call's sampling settings (and headers, where it takes them) bound, for
+        this call only."""
+        settings: dict[str, Any] = dict(options.sampling)
+        if options.headers and _takes_headers(self.chat_model):
+            settings["extra_headers"] = dict(options.headers)
+        return self.chat_model.bind(**settings) if settings else self.chat_model
 
     def _retry_args(
         self, deadline: float | None, streamed: Callable[[], bool] = lambda: False
@@ -447,3 +454,9 @@ class FallbackAgent:
                 output_tokens=usage.get("output_tokens"),
             ),
         )
+
+
+def _takes_headers(model: BaseChatModel) -> bool:
+    """Whether a call's `extra_headers` reach an HTTP request: the OpenAI-compatible chat models
+    (`langchain_openai`) hand them to the OpenAI SDK; other chat models would send them as a parameter."""
+    return any(cls.__module__.startswith("langchain_openai.") for cls in type(model).__mro__)

@@ -77,6 +77,18 @@ def request_span() -> AbstractContextManager[Span | None]:
     return _OFF if get_current_span().get_span_context().is_valid else _span(current, REQUEST_SPAN, {})
 
 
+def trace_headers() -> dict[str, str]:
+    """The current span as W3C trace-context headers (`traceparent`, `tracestate`), so a remote fallback
+    provider's own spans join the request's trace; {} while tracing is off."""
+    if tracer() is None:
+        return {}
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier
+
+
 def node_span(node: str) -> AbstractContextManager[Span | None]:
     """Around one graph node; `describe` adds what it decided once it ran."""
     current = tracer()

@@ -8,6 +8,7 @@ when the budget is spent or the fallback fails; the async one waits on the fallb
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_config
@@ -82,7 +83,9 @@ def fallback(state: RouterState, c: Components) -> tuple[RouterState, Info]:
         return _locally(state, c, evidence, verdict, info)
     try:
         with telemetry.agent_span("fallback"):
-            answer = c.fallback.answer(*_fallback_call(state, c), options=_call_options(_run_config()))
+            answer = c.fallback.answer(
+                *_fallback_call(state, c), options=_traced(_call_options(_run_config()))
+            )
     except AgentError as exc:
         return _fallback_failed(state, c, exc)
     return {"answer": answer}, {"model": c.fallback.label}
@@ -108,7 +111,9 @@ async def afallback(state: RouterState, c: Components, config: RunnableConfig) -
         return await asyncio.to_thread(_locally, state, c, evidence, verdict, info)
     try:
         with telemetry.agent_span("fallback"):
-            answer = await c.fallback.aanswer(*_fallback_call(state, c), options=_call_options(config))
+            answer = await c.fallback.aanswer(
+                *_fallback_call(state, c), options=_traced(_call_options(config))
+            )
     except AgentError as exc:
         return await asyncio.to_thread(_fallback_failed, state, c, exc)
     return {"answer": answer}, {"model": c.fallback.label}
@@ -124,6 +129,12 @@ def _run_config() -> RunnableConfig:
 def _call_options(config: RunnableConfig) -> CallOptions | None:
     options = (config.get("configurable") or {}).get(CALL_OPTIONS)
     return options if isinstance(options, CallOptions) else None
+
+
+def _traced(options: CallOptions | None) -> CallOptions | None:
+    """The options with the current (fallback agent) span's trace context as headers, when tracing is on."""
+    headers = telemetry.trace_headers()
+    return replace(options or CallOptions(), headers=headers) if headers else options
 
 
 def _ask_budget(state: RouterState, c: Components) -> tuple[Evidence, Verdict, Info]:
