@@ -217,10 +217,15 @@ def test_write_never_replaces_the_live_policy_unless_asked_and_reload_swaps_roll
     # A hand-edited policy next to the live one: a moved threshold serves after reload, and rolls back.
     edited = yaml.safe_load(original)
     edited["routes"]["sentiment"]["threshold"] = 0.77
+    warranty = ["Is my kettle still under warranty?", "How long is the warranty on this blender?"]
+    edited["routes"]["warranty"] = {"agent": None, "utterances": warranty}
     (live.parent / "edited.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     client.post("/v1/console/policy/reload", json={"path": "edited.yaml"}, headers=WRITE).raise_for_status()
     assert _routes(client)["sentiment"]["threshold"] == 0.77
     assert client.post("/v1/route", json={"text": ANSWERED[0]}).status_code == 200
+    added = client.post("/v1/route", json={"text": warranty[0], "route": "warranty"})
+    assert added.status_code == 200 and added.json()["route"] == "warranty", added.text
+    assert 'route="warranty"' in client.get("/metrics").text  # counted under its name, not as `multi`
     client.post("/v1/console/policy/rollback", headers=WRITE).raise_for_status()
     assert _routes(client) == before
     (live.parent / "broken.yaml").write_text("routes: {only: {}}\n")

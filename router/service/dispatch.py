@@ -91,7 +91,11 @@ class Dispatcher:
 
         One attribute assignment, so the swap is atomic: a request already running keeps the router it
         started with, and every later one gets the new router. Closing the old one is the caller's
-        business (`console_api.Console` waits out the request deadline first)."""
+        business (`console_api.Console` waits out the request deadline first).
+
+        The metrics' route labels grow by the new policy's routes (never shrink: series already exported
+        keep their label), so a route added by reload is counted under its name, not as `multi`."""
+        self.metrics.routes = self.metrics.routes | frozenset(router.routes)
         previous, self.router = self.router, router
         return previous
 
