@@ -162,7 +162,9 @@ def test_rayservice_has_the_fields_kuberay_requires() -> None:
     rayservice = _kuberay()["RayService"]
     assert rayservice["apiVersion"] == "ray.io/v1" and rayservice["metadata"]["name"] == "slm-router"
     cluster = rayservice["spec"]["rayClusterConfig"]
-    assert cluster["rayVersion"] == ray.__version__  # the image's Ray is the venv's
+    assert cluster["rayVersion"] == ray.__version__  # the Ray the tests ran with
+    pinned = re.search(r"^ARG RAY_VERSION=(\S+)$", (DOCKER / "Dockerfile").read_text(), re.MULTILINE)
+    assert pinned is not None and pinned.group(1) == cluster["rayVersion"]  # and the image's
     head = cluster["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict)
     assert all(isinstance(v, str) for v in head["rayStartParams"].values())  # the CRD's map of strings
