@@ -135,24 +135,36 @@ def test_a_chain_of_runnables_passes_the_router_its_input(router: Router) -> Non
     ]
 
 
-@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+GENERAL = ["Which wine goes with grilled sardines at a summer party?", "What is a good novel about sailing?"]
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "batch", "abatch"])
 def test_per_call_fallback_options_ride_in_the_config(
     mode: str, default_policy: Policy, router: Router, fake_llm: FakeLLM
 ) -> None:
     """`configurable.fallback_options` sets the fallback's sampling and instructions for one call, on the
-    sync path as on the async one (the OpenAI endpoint uses the same key)."""
+    sync and async paths and in the batch lane (the OpenAI endpoint uses the same key)."""
     fallback = {"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10}
-    library = Router(policy_with(default_policy, fallback=fallback), embedder=router.embedder)
+    library = Router(
+        policy_with(default_policy, fallback=fallback), embedder=router.embedder, pool=router.pool
+    )
     options = CallOptions(sampling={"max_tokens": 7, "temperature": 0.1}, instructions="Answer in French.")
     config: RunnableConfig = {"configurable": {CALL_OPTIONS: options}}
+    calls = {
+        "invoke": lambda: [library.invoke(GENERAL[0], config)],
+        "ainvoke": lambda: [asyncio.run(library.ainvoke(GENERAL[0], config))],
+        "batch": lambda: library.batch(GENERAL, config),
+        "abatch": lambda: asyncio.run(library.abatch(GENERAL, config)),
+    }
     try:
-        call = library.invoke if mode == "invoke" else lambda t, c: asyncio.run(library.ainvoke(t, c))
-        result = call("Which wine goes with grilled sardines at a summer party?", config)
-        assert result.answered_by == "fallback"
-        sent = fake_llm.requests[-1]
-        assert sent.get("max_completion_tokens", sent.get("max_tokens")) == 7 and sent["temperature"] == 0.1
-        assert "Answer in French." in sent["messages"][0]["content"]
-        library.invoke("Which wine goes with grilled sardines at a summer party?")
+        results = calls[mode]()
+        assert all(result.answered_by == "fallback" for result in results)
+        for sent in fake_llm.requests[-len(results) :]:
+            assert (
+                sent.get("max_completion_tokens", sent.get("max_tokens")) == 7 and sent["temperature"] == 0.1
+            )
+            assert "Answer in French." in sent["messages"][0]["content"]
+        library.invoke(GENERAL[0])
         assert fake_llm.requests[-1]["temperature"] != 0.1  # one call only
     finally:
         library.close()

@@ -245,14 +245,24 @@ def test_a_remote_fallback_gets_the_trace_context(
     library = Router(
         policy_with(default_policy, fallback=fallback), embedder=router.embedder, pool=router.pool
     )
+    twice = [GENERAL, GENERAL.replace("balcony", "windowsill")]
+    calls = {
+        "invoke": lambda: [library.invoke(GENERAL)],
+        "ainvoke": lambda: [asyncio.run(library.ainvoke(GENERAL))],
+        "batch": lambda: library.batch(twice),  # the batch lane, each request its own spans
+        "abatch": lambda: asyncio.run(library.abatch(twice)),
+    }
     try:
-        for call in (library.invoke, lambda text: asyncio.run(library.ainvoke(text))):
+        for mode, call in calls.items():
             spans.clear()
-            assert call(GENERAL).answered_by == "fallback"
-            (agent,) = by_name(spans.get_finished_spans())["slm_router.agent.fallback"]
-            traceparent = fake_llm.request_headers[-1]["traceparent"]
-            _, trace_id, parent_id, _ = traceparent.split("-")
-            assert int(trace_id, 16) == agent.context.trace_id and int(parent_id, 16) == agent.context.span_id
+            results = call()
+            assert all(r.answered_by == "fallback" for r in results), mode
+            named = by_name(spans.get_finished_spans())
+            agents = {(s.context.trace_id, s.context.span_id) for s in named["slm_router.agent.fallback"]}
+            assert len(agents) == len(named["slm_router.node.fallback"]) == len(results), mode
+            for headers in fake_llm.request_headers[-len(results) :]:
+                _, trace_id, parent_id, _ = headers["traceparent"].split("-")
+                assert (int(trace_id, 16), int(parent_id, 16)) in agents, mode
         telemetry.configure(None)
         library.invoke(GENERAL)
         assert "traceparent" not in fake_llm.request_headers[-1]  # off: nothing is added

@@ -110,7 +110,7 @@ def run_batch(
     alone = [lane for lane in lanes if lane.in_graph]
     with get_executor_for_config(configs[0] if configs else None) as executor:
         # The fallback and the graph wait on I/O or on their own agents: run them concurrently.
-        list(executor.map(lambda lane: lane.step("fallback", fallback, lane.state, c), waiting))
+        list(executor.map(lambda lane: lane.step("fallback", fallback, lane.state, c, lane.config), waiting))
         alone_out = list(executor.map(lambda lane: _invoke(graph, lane), alone))
     return _finish(lanes, c, dict(zip(map(id, alone), alone_out, strict=True)))
 
@@ -240,7 +240,9 @@ def _ask_many(
 async def _afallback(lane: Lane, c: Components) -> None:
     start = time.perf_counter()
     try:
-        update, info = await afallback(lane.state, c, lane.config)
+        with telemetry.node_span("fallback") as span:
+            update, info = await afallback(lane.state, c, lane.config)
+            telemetry.describe(span, update)
     except Exception as exc:
         lane.error = exc
         return

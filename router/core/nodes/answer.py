@@ -74,9 +74,11 @@ def check(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     return update, {"escalate": why.reason if why else None}
 
 
-def fallback(state: RouterState, c: Components) -> tuple[RouterState, Info]:
-    """The fallback node on the sync path; the caller's `CallOptions` come from the run's config, which
-    LangGraph keeps in context for sync nodes (`get_config`)."""
+def fallback(
+    state: RouterState, c: Components, config: RunnableConfig | None = None
+) -> tuple[RouterState, Info]:
+    """The fallback node on the sync path. The caller's `CallOptions` come from the run's config: the batch
+    lane passes each request's, and in the graph LangGraph keeps it in context (`get_config`)."""
     assert c.fallback is not None
     evidence, verdict, info = _ask_budget(state, c)
     if verdict.action != "fallback":
@@ -84,7 +86,7 @@ def fallback(state: RouterState, c: Components) -> tuple[RouterState, Info]:
     try:
         with telemetry.agent_span("fallback"):
             answer = c.fallback.answer(
-                *_fallback_call(state, c), options=_traced(_call_options(_run_config()))
+                *_fallback_call(state, c), options=_traced(_call_options(config or _run_config()))
             )
     except AgentError as exc:
         return _fallback_failed(state, c, exc)
