@@ -70,12 +70,12 @@ class EscalationBudget:
         """Whether one more escalation fits, and if not, which cap it would break (in words)."""
         conf = self.config
         share, spend, n = self.usage()
-        if conf.max_share is not None and n >= conf.min_requests and share >= conf.max_share:
+        if self._over_share(share, n):
             return False, (
                 f"escalation budget: {share:.1%} of the last {n} requests escalated "
                 f"(escalation.budget.max_share {conf.max_share:.1%})"
             )
-        if conf.max_cost_per_hour is not None and spend >= conf.max_cost_per_hour:
+        if self._over_cost(spend):
             return False, (
                 f"escalation budget: {spend:.4g} spent on the fallback in the last hour "
                 f"(escalation.budget.max_cost_per_hour {conf.max_cost_per_hour:.4g})"
@@ -90,26 +90,32 @@ class EscalationBudget:
         with self._lock:
             now = self._clock()
             self._trim(now)
-            waits = [0.0]
+            waits: list[float] = []
             n = len(self._requests)
-            if (
-                conf.max_share is not None
-                and n >= conf.min_requests
-                and self._escalated / n >= conf.max_share
-            ):
+            if n and self._over_share(self._escalated / n, n):
                 # It lifts when the share falls (the oldest escalation leaves the window) or when too few
                 # requests are left to judge a share (`min_requests`), whichever comes first.
                 leave = [self._requests[n - conf.min_requests][0]]
                 leave += [next((t for t, escalated in self._requests if escalated), leave[0])]
                 waits.append(min(leave) + conf.window_s - now)
-            if conf.max_cost_per_hour is not None and self._spent >= conf.max_cost_per_hour:
+            if self._over_cost(self._spent):
                 left = self._spent
                 for t, cost in self._spend:
                     left -= cost
-                    if left < conf.max_cost_per_hour:
+                    if not self._over_cost(left):
                         waits.append(t + 3600.0 - now)
                         break
-        return max(waits) if len(waits) > 1 else None
+        return max(0.0, *waits) if waits else None
+
+    def _over_share(self, share: float, n: int) -> bool:
+        """The share cap refuses: enough requests in the window to judge, and too many of them escalated."""
+        conf = self.config
+        return conf.max_share is not None and n >= conf.min_requests and share >= conf.max_share
+
+    def _over_cost(self, spent: float) -> bool:
+        """The spend cap refuses: the last hour's fallback spend reached it."""
+        cap = self.config.max_cost_per_hour
+        return cap is not None and spent >= cap
 
 
 def refusal(budget: EscalationBudget | None) -> str | None:
