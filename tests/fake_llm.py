@@ -72,6 +72,10 @@ class FakeLLM:
         with self._lock:
             return list(self._requests)
 
+    def fallback_config(self, timeout_s: float = 10, **extra: Any) -> dict[str, Any]:
+        """A policy's `fallback` section that points the router at this server (for `policy_with`)."""
+        return {"kind": "openai", "base_url": self.base_url, "model": "fake", "timeout_s": timeout_s} | extra
+
     @property
     def request_headers(self) -> list[dict[str, str]]:
         """The HTTP headers of each request in `requests`, lower-cased names (a copy)."""

@@ -42,7 +42,7 @@ def _policy_file(base: Policy, directory: Path, fake: FakeLLM, log_text: bool) -
     """A policy YAML in its own directory (the console writes and reloads there), fallback on the fake."""
     policy = policy_with(
         base,
-        fallback={"kind": "openai", "base_url": fake.base_url, "model": "fake", "timeout_s": 10},
+        fallback=fake.fallback_config(),
         **{"privacy.log_text": log_text, "decision_log.path": str(directory / "decisions.db")},
     )
     path = directory / "live.yaml"

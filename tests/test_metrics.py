@@ -34,7 +34,7 @@ def scrapes(
     _fake_llm_server.reset()
     policy = policy_with(
         default_policy,
-        fallback={"kind": "openai", "base_url": _fake_llm_server.base_url, "model": "fake", "timeout_s": 10},
+        fallback=_fake_llm_server.fallback_config(),
     )
     service = Router(policy, embedder=router.embedder, pool=router.pool)
     with (

@@ -295,7 +295,7 @@ def test_a_spent_budget_is_a_429_saying_when_to_retry(
     could answer is a 429 `budget_exceeded`, with `Retry-After` when the window has room again."""
     policy = policy_with(
         default_policy,
-        fallback={"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10},
+        fallback=fake_llm.fallback_config(),
         **{
             "escalation.budget": {
                 "max_share": 0.0,

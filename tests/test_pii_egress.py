@@ -34,7 +34,7 @@ def test_no_configured_pii_reaches_the_fallback(
 ) -> None:
     policy = policy_with(
         default_policy,
-        fallback={"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 5},
+        fallback=fake_llm.fallback_config(timeout_s=5),
     )
     escalating = Router(policy, embedder=router.embedder)
     fake_llm.set_mode("recording")

@@ -44,7 +44,7 @@ def quick_router(default_policy: Policy, router: Router, _fake_llm_server: FakeL
     """The real router with a fast fake fallback, so many generated escalations stay cheap."""
     policy = policy_with(
         default_policy,
-        fallback={"kind": "openai", "base_url": _fake_llm_server.base_url, "model": "fake", "timeout_s": 2},
+        fallback=_fake_llm_server.fallback_config(timeout_s=2),
         **{"limits.max_chars": 500},
     )
     return Router(policy, embedder=router.embedder)

@@ -144,7 +144,7 @@ def test_per_call_fallback_options_ride_in_the_config(
 ) -> None:
     """`configurable.fallback_options` sets the fallback's sampling and instructions for one call, on the
     sync and async paths and in the batch lane (the OpenAI endpoint uses the same key)."""
-    fallback = {"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10}
+    fallback = fake_llm.fallback_config()
     library = Router(
         policy_with(default_policy, fallback=fallback), embedder=router.embedder, pool=router.pool
     )

@@ -32,14 +32,7 @@ ESCALATES = "What is the best way to grow tomatoes on a balcony?"  # route `othe
 
 
 def _fallback(fake: FakeLLM, **extra: Any) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": fake.base_url,
-        "model": "fake",
-        "timeout_s": 1.0,
-        "retries": 0,
-        "breaker": {"failures": 3, "cooldown_s": 1.0},
-    } | extra
+    return fake.fallback_config(timeout_s=1.0, retries=0, breaker={"failures": 3, "cooldown_s": 1.0}) | extra
 
 
 @pytest.fixture(scope="module")

@@ -241,7 +241,7 @@ def test_a_remote_fallback_gets_the_trace_context(
 ) -> None:
     """An OpenAI-compatible fallback's request carries `traceparent` naming the fallback agent's span, so
     the provider's own spans (a vLLM or LiteLLM server's) join the request's trace."""
-    fallback = {"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10}
+    fallback = fake_llm.fallback_config()
     library = Router(
         policy_with(default_policy, fallback=fallback), embedder=router.embedder, pool=router.pool
     )
@@ -300,7 +300,7 @@ def test_http_requests_join_the_callers_trace_through_the_async_path(
     fallback on its own bulkhead) and the agent call nest below it, in the caller's trace."""
     policy = policy_with(
         default_policy,
-        fallback={"kind": "openai", "base_url": fake_llm.base_url, "model": "fake", "timeout_s": 10},
+        fallback=fake_llm.fallback_config(),
     )
     service = Router(policy, embedder=router.embedder, pool=router.pool)
     text = "What is the best way to grow tomatoes on a balcony?"
